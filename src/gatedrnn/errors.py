@@ -1,0 +1,6 @@
+"""The one exception type for user mistakes: the CLI prints its message on one line and exits 2."""
+
+
+class UserError(ValueError):
+    """A mistake in what the user gave us (a file, an argument, a shape): the message says what
+    was wrong and what was expected."""

@@ -1,0 +1,17 @@
+"""Shared fixtures. Data: the files in shared/data ($GATEDRNN_SHARED_DATA, else <repo>/../shared/data)."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("GATEDRNN_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def polyphonic_dir() -> Path:
+    """shared/data/polyphonic with the four .mat files; the test is skipped where it is absent."""
+    folder = SHARED_DATA / "polyphonic"
+    if not folder.is_dir():
+        pytest.skip(f"polyphonic music data not found in {folder} (set GATEDRNN_SHARED_DATA)")
+    return folder
