@@ -21,7 +21,8 @@ class Parser(argparse.ArgumentParser):
 def add_train_options(p, defaults):
     from .train import TrainConfig
     d = {f.name: f.default for f in fields(TrainConfig)} | defaults
-    p.add_argument("--dataset", default="jsb", help="jsb | nottingham | musedata | pianomidi")
+    from .data import dataset_names
+    p.add_argument("--dataset", default="jsb", help=" | ".join(dataset_names()))
     p.add_argument("--variant", default=d["variant"], help="paper (default) | torch")
     p.add_argument("--hidden-size", type=int, default=d["hidden_size"],
                    help="units (default: Table 1 size)")

@@ -16,15 +16,15 @@ import torch
 
 from . import rundir
 from .cells import CELLS, VARIANTS
-from .data.batching import length_sorted_batches, music_examples
-from .data.music import MUSIC, load_music
+from .data import load_examples, task_of
+from .data.batching import length_sorted_batches
 from .errors import UserError
 from .model import TABLE1_UNITS, ModelConfig, SequenceModel
 
 
 @dataclass
 class TrainConfig:
-    dataset: str = "jsb"            # data.music.MUSIC
+    dataset: str = "jsb"            # data.dataset_names()
     cell: str = "gru"               # tanh | gru | lstm
     variant: str = "paper"          # paper | torch
     hidden_size: int | None = None  # None: Table 1 size for the task
@@ -43,8 +43,7 @@ class TrainConfig:
     data_dir: str | None = None     # directory holding the dataset files; None: env or cache
 
     def __post_init__(self):
-        if self.dataset not in MUSIC:
-            raise UserError(f"unknown dataset {self.dataset!r}; expected one of {', '.join(MUSIC)}")
+        task_of(self.dataset)
         if self.cell not in CELLS:
             raise UserError(f"unknown unit {self.cell!r}; expected one of {', '.join(CELLS)}")
         if self.variant not in VARIANTS:
@@ -68,9 +67,11 @@ class TrainConfig:
             raise UserError(f"weight_noise must be >= 0, got {self.weight_noise!r}")
 
     def model_config(self):
-        hidden = self.hidden_size or TABLE1_UNITS["music"][self.cell]
-        return ModelConfig(cell=self.cell, variant=self.variant, hidden_size=hidden,
-                           weight_noise=self.weight_noise)
+        task = task_of(self.dataset)
+        return ModelConfig(cell=self.cell, variant=self.variant,
+                           hidden_size=self.hidden_size or TABLE1_UNITS[task.kind][self.cell],
+                           input_size=task.input_size, output_size=task.output_size,
+                           head=task.head, weight_noise=self.weight_noise)
 
     @classmethod
     def from_dict(cls, d):
@@ -147,11 +148,6 @@ def evaluate(model, batches):
     return {"nll": total / steps, "nll_per_sequence": float(np.mean(per_seq))}
 
 
-def load_examples(config):
-    splits = load_music(config.dataset, config.data_dir)
-    return {name: music_examples(seqs) for name, seqs in splits.items()}
-
-
 def build_model(config):
     torch.manual_seed(config.seed)
     return SequenceModel(config.model_config())
@@ -165,7 +161,8 @@ def train(config: TrainConfig, run_dir, examples=None, log=print, progress=None)
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    examples = examples if examples is not None else load_examples(config)
+    if examples is None:
+        examples = load_examples(config.dataset, config.data_dir)
     model = build_model(config)
     optimizer = PaperRMSprop(model.parameters(), config.lr, config.momentum, config.rms_decay,
                              config.rms_floor)
@@ -251,7 +248,7 @@ def evaluate_run(run_dir, data_dir=None):
     config, model = load_run(run_dir)
     if data_dir is not None:
         config.data_dir = str(data_dir)
-    examples = load_examples(config)
+    examples = load_examples(config.dataset, config.data_dir)
     out = {}
     for split, ex in examples.items():
         m = evaluate(model, length_sorted_batches(ex, config.eval_batch_size))
@@ -261,12 +258,12 @@ def evaluate_run(run_dir, data_dir=None):
 
 
 # `gatedrnn compare` defaults: a real comparison that finishes in minutes on 2 CPU cores.
-COMPARE_DEFAULTS = {"batch_size": 16, "lr": 3e-3, "epochs": 60, "patience": 15}
+COMPARE_DEFAULTS = {"batch_size": 16, "lr": 3e-3, "epochs": 150, "patience": 20}
 
 
 def compare(base: TrainConfig, run_root, cells=tuple(CELLS), log=print, progress=None):
     """Train each unit at its Table 1 size with the same settings; {cell: metrics}."""
-    examples = load_examples(base)
+    examples = load_examples(base.dataset, base.data_dir)
     results = {}
     for cell in cells:
         config = replace(base, cell=cell, hidden_size=None)
