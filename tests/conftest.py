@@ -15,3 +15,12 @@ def polyphonic_dir() -> Path:
     if not folder.is_dir():
         pytest.skip(f"polyphonic music data not found in {folder} (set GATEDRNN_SHARED_DATA)")
     return folder
+
+
+@pytest.fixture(scope="session")
+def fsdd_dir() -> Path:
+    """shared/data/speech/free-spoken-digit-dataset (holding recordings/); skipped where absent."""
+    folder = SHARED_DATA / "speech" / "free-spoken-digit-dataset"
+    if not (folder / "recordings").is_dir():
+        pytest.skip(f"FSDD not found in {folder} (set GATEDRNN_SHARED_DATA)")
+    return folder

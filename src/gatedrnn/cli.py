@@ -34,9 +34,17 @@ def add_train_options(p, defaults):
                    help="stop after this many epochs without a better validation NLL")
     p.add_argument("--weight-noise", type=float, default=d["weight_noise"],
                    help=f"std on W and U while training (default {d['weight_noise']})")
+    p.add_argument("--tbptt", type=int, default=d["tbptt"],
+                   help="truncated backpropagation through time: an update every N steps, "
+                   "the state carried across (for long sequences; default off)")
+    p.add_argument("--components", type=int, default=d["components"],
+                   help=f"speech: Gaussians in the output mixture (default {d['components']})")
+    p.add_argument("--sample-rate", type=int, default=d["sample_rate"],
+                   help=f"speech wav:DIR: resample files to this rate (default {d['sample_rate']} Hz)")
     p.add_argument("--seed", type=int, default=d["seed"])
-    p.add_argument("--data-dir", help="directory holding the dataset files "
-                   "(default: $GATEDRNN_DATA_DIR, else the download cache)")
+    p.add_argument("--data-dir", help="directory holding the dataset files (music: the .mat or "
+                   ".pickle files; fsdd: the directory holding recordings/; default: "
+                   "$GATEDRNN_DATA_DIR, else the download cache)")
 
 
 def train_config(args, **extra):
@@ -44,6 +52,7 @@ def train_config(args, **extra):
     return TrainConfig(dataset=args.dataset, variant=args.variant, hidden_size=args.hidden_size,
                        lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                        patience=args.patience, weight_noise=args.weight_noise, seed=args.seed,
+                       tbptt=args.tbptt, components=args.components, sample_rate=args.sample_rate,
                        data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
                        **extra)
 
@@ -99,7 +108,9 @@ def cmd_compare(args):
         results = compare(config, out, cells=args.cells, log=progress.log, progress=progress.update)
     finally:
         progress.close()
-    print(f"\n{args.dataset}: test NLL in nats per time step (run directories in {out})\n")
+    from .report import PAPER_DATASET
+    paper = f"; the paper's columns are {PAPER_DATASET[args.dataset]}" if args.dataset in PAPER_DATASET else ""
+    print(f"\n{args.dataset}: NLL in nats per time step (run directories in {out}{paper})\n")
     print(compare_markdown(args.dataset, results))
 
 
@@ -122,13 +133,17 @@ def cmd_params(args):
 
 
 def cmd_data_fetch(args):
-    from .data.fetch import fetch_music
-    from .data.music import MUSIC
-    names = list(MUSIC) if args.dataset == "all" else [args.dataset]
+    from .data import MUSIC, SPEECH
+    from .data.fetch import fetch_fsdd, fetch_music
+    names = [*MUSIC, "fsdd"] if args.dataset == "all" else [args.dataset]
     for name in names:
-        if name not in MUSIC:
-            raise UserError(f"unknown dataset {name!r}; expected all or one of {', '.join(MUSIC)}")
-        print(fetch_music(name))
+        if name in MUSIC:
+            print(fetch_music(name))
+        elif name in SPEECH:
+            print(fetch_fsdd())
+        else:
+            raise UserError(f"unknown dataset {name!r}; expected all or one of "
+                            f"{', '.join([*MUSIC, *SPEECH])}")
 
 
 def build_parser():

@@ -28,6 +28,7 @@ class ModelConfig:
     input_size: int = 88            # piano roll: MIDI 21..108
     output_size: int = 88
     head: str = "bernoulli"         # heads.HEADS
+    components: int = 20            # mixture components of the "gmm" head (speech)
     weight_noise: float = 0.0       # std on W and U at training forward passes
 
     def __post_init__(self):
@@ -37,7 +38,7 @@ class ModelConfig:
             raise UserError(f"unknown variant {self.variant!r}; expected one of {', '.join(VARIANTS)}")
         if self.head not in HEADS:
             raise UserError(f"unknown head {self.head!r}; expected one of {', '.join(HEADS)}")
-        for name in ("hidden_size", "input_size", "output_size"):
+        for name in ("hidden_size", "input_size", "output_size", "components"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise UserError(f"{name} must be a positive integer, got {value!r}")
@@ -55,18 +56,26 @@ class SequenceModel(nn.Module):
         self.config = config
         self.rnn = CELLS[config.cell](config.input_size, config.hidden_size, batch_first=True,
                                       variant=config.variant, weight_noise=config.weight_noise)
-        self.head = HEADS[config.head](config.hidden_size, config.output_size)
+        head_options = {"components": config.components} if config.head == "gmm" else {}
+        self.head = HEADS[config.head](config.hidden_size, config.output_size, **head_options)
 
-    def forward(self, inputs, lengths=None):
-        h, _ = self.rnn(inputs, lengths=lengths)                 # (B, T, H)
-        return self.head(h)
+    def forward(self, inputs, lengths=None, state=None):
+        """Head parameters for every step, and the recurrent state after each sequence."""
+        h, state = self.rnn(inputs, state, lengths=lengths)      # (B, T, H)
+        return self.head(h), state
 
     def step_nll(self, inputs, targets, lengths):
         """NLL of every time step (B, T) in nats, zero at padded steps."""
-        nll = self.head.nll(self(inputs, lengths), targets)
+        return self.chunk_nll(inputs, targets, lengths)[0]
+
+    def chunk_nll(self, inputs, targets, lengths, state=None):
+        """step_nll from a given state, and the state after each sequence (truncated
+        backpropagation through time carries it to the next chunk)."""
+        params, state = self(inputs, lengths, state)
+        nll = self.head.nll(params, targets)
         T = inputs.shape[1]
         mask = torch.arange(T, device=inputs.device).unsqueeze(0) < lengths.to(inputs.device).unsqueeze(1)
-        return nll * mask
+        return nll * mask, state
 
     def recurrent_params(self):
         return sum(p.numel() for p in self.rnn.parameters())

@@ -16,7 +16,7 @@ import torch
 
 from . import rundir
 from .cells import CELLS, VARIANTS
-from .data import load_examples, task_of
+from .data import Data, load_data, task_of
 from .data.batching import length_sorted_batches
 from .errors import UserError
 from .model import TABLE1_UNITS, ModelConfig, SequenceModel
@@ -39,6 +39,9 @@ class TrainConfig:
     rms_floor: float = 0.01         # and floor on its root
     lr_final: float = 0.01          # the learning rate decays linearly to lr * lr_final by the last epoch
     eval_batch_size: int = 64
+    tbptt: int | None = None        # truncated BPTT: an update every this many steps, state carried
+    components: int = 20            # speech: Gaussians in the output mixture
+    sample_rate: int = 8000         # speech (wav:DIR): files at other rates are resampled to it
     seed: int = 0
     data_dir: str | None = None     # directory holding the dataset files; None: env or cache
 
@@ -53,8 +56,10 @@ class TrainConfig:
                     "rms_floor": self.rms_floor}
         if self.hidden_size is not None:
             positive["hidden_size"] = self.hidden_size
-        if self.patience is not None:
-            positive["patience"] = self.patience
+        for name in ("patience", "tbptt"):
+            if getattr(self, name) is not None:
+                positive[name] = getattr(self, name)
+        positive["components"], positive["sample_rate"] = self.components, self.sample_rate
         for name, value in positive.items():
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
                 raise UserError(f"{name} must be a positive number, got {value!r}")
@@ -71,7 +76,8 @@ class TrainConfig:
         return ModelConfig(cell=self.cell, variant=self.variant,
                            hidden_size=self.hidden_size or TABLE1_UNITS[task.kind][self.cell],
                            input_size=task.input_size, output_size=task.output_size,
-                           head=task.head, weight_noise=self.weight_noise)
+                           head=task.head, components=self.components,
+                           weight_noise=self.weight_noise)
 
     @classmethod
     def from_dict(cls, d):
@@ -119,11 +125,13 @@ def lr_at(config, epoch):
     return config.lr * (1 - (1 - config.lr_final) * frac)
 
 
-def train_step(model, optimizer, batch, clip_norm):
-    """One update on one minibatch; returns its mean NLL per step (with weight noise)."""
+def train_step(model, optimizer, batch, clip_norm, state=None):
+    """One update on one minibatch (or chunk of one, from ``state``); returns its mean NLL per
+    step (with weight noise) and the final state, detached."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    loss = model.step_nll(batch.inputs, batch.targets, batch.lengths).sum() / batch.steps
+    nll, state = model.chunk_nll(batch.inputs, batch.targets, batch.lengths, state)
+    loss = nll.sum() / batch.steps
     if not torch.isfinite(loss):
         raise NonFiniteLoss(f"loss is {loss.item()}")
     loss.backward()
@@ -131,7 +139,11 @@ def train_step(model, optimizer, batch, clip_norm):
     if not torch.isfinite(norm):
         raise NonFiniteLoss(f"gradient norm is {norm.item()}")
     optimizer.step()
-    return loss.item()
+    return loss.item(), _detach(state)
+
+
+def _detach(state):
+    return state.detach() if torch.is_tensor(state) else tuple(s.detach() for s in state)
 
 
 @torch.no_grad()
@@ -156,20 +168,22 @@ def build_model(config):
 def train(config: TrainConfig, run_dir, examples=None, log=print, progress=None):
     """Train one model into ``run_dir``; returns the metrics dict also written to metrics.json.
 
-    ``examples`` ({split: [(inputs, targets)]}) skips loading the dataset; ``log`` gets one line
-    per epoch; ``progress`` (optional) is called as progress(epoch, update, updates_per_epoch).
+    ``examples`` (a data.Data, or {split: [(inputs, targets)]}) skips loading the dataset;
+    ``log`` gets one line per epoch; ``progress`` (optional) is called as
+    progress(epoch, batch, batches_per_epoch).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if examples is None:
-        examples = load_examples(config.dataset, config.data_dir)
+    data = _as_data(config, examples)
+    examples = data.examples
     model = build_model(config)
     optimizer = PaperRMSprop(model.parameters(), config.lr, config.momentum, config.rms_decay,
                              config.rms_floor)
     rng = np.random.default_rng(config.seed)
     fixed = {s: length_sorted_batches(examples[s], config.eval_batch_size) for s in examples}
     run_config = {"train": asdict(config), "model": config.model_config().to_dict(),
-                  "backend": "reference", "torch": torch.__version__}
+                  "normalization": data.normalization, "backend": "reference",
+                  "torch": torch.__version__}
     rundir.write_json(run_dir / rundir.CONFIG, run_config)
 
     curves, best, updates, since_best = [], None, 0, 0
@@ -179,12 +193,14 @@ def train(config: TrainConfig, run_dir, examples=None, log=print, progress=None)
             group["lr"] = lr_at(config, epoch)
         batches = length_sorted_batches(examples["train"], config.batch_size, rng)
         for i, batch in enumerate(batches):
-            try:
-                train_step(model, optimizer, batch, config.clip_norm)
-            except NonFiniteLoss as e:
-                raise NonFiniteLoss(f"{e} at epoch {epoch}, update {updates + 1}; best model so "
-                                    f"far kept in {run_dir}") from None
-            updates += 1
+            state = None
+            for chunk in batch.chunks(config.tbptt):
+                try:
+                    _, state = train_step(model, optimizer, chunk, config.clip_norm, state)
+                except NonFiniteLoss as e:
+                    raise NonFiniteLoss(f"{e} at epoch {epoch}, update {updates + 1}; best model "
+                                        f"so far kept in {run_dir}") from None
+                updates += 1
             if progress:
                 progress(epoch, i + 1, len(batches))
         train_m, valid_m = evaluate(model, fixed["train"]), evaluate(model, fixed["valid"])
@@ -219,8 +235,29 @@ def train(config: TrainConfig, run_dir, examples=None, log=print, progress=None)
         "params": model.num_params(), "recurrent_params": model.recurrent_params(),
         "seconds": round(time.perf_counter() - start, 3), "backend": "reference",
     }
+    metrics.update(per_sample(metrics, data))
     rundir.write_json(run_dir / rundir.METRICS, metrics)
     return metrics
+
+
+def per_sample(metrics, data):
+    """Speech: every NLL also in nats per predicted sample, beside the i.i.d. Gaussian baseline
+    (same unit) that shows what the recurrence buys. Nothing for music."""
+    k = data.task.samples_per_step
+    if not k:
+        return {}
+    out = {f"{key}_per_sample": metrics[key] / k for key in ("train_nll", "valid_nll", "test_nll")
+           if key in metrics}
+    out["baseline_iid_gaussian_per_sample"] = data.baseline
+    return out
+
+
+def _as_data(config, examples):
+    if isinstance(examples, Data):
+        return examples
+    if examples is not None:
+        return Data(examples, task_of(config.dataset))
+    return load_data(config.dataset, config.data_dir, sample_rate=config.sample_rate)
 
 
 def load_run(run_dir):
@@ -248,12 +285,14 @@ def evaluate_run(run_dir, data_dir=None):
     config, model = load_run(run_dir)
     if data_dir is not None:
         config.data_dir = str(data_dir)
-    examples = load_examples(config.dataset, config.data_dir)
+    normalization = rundir.read_json(Path(run_dir) / rundir.CONFIG).get("normalization")
+    data = load_data(config.dataset, config.data_dir, normalization, config.sample_rate)
     out = {}
-    for split, ex in examples.items():
+    for split, ex in data.examples.items():
         m = evaluate(model, length_sorted_batches(ex, config.eval_batch_size))
         out[f"{split}_nll"] = m["nll"]
         out[f"{split}_nll_per_sequence"] = m["nll_per_sequence"]
+    out.update(per_sample(out, data))
     return out
 
 
@@ -263,10 +302,10 @@ COMPARE_DEFAULTS = {"batch_size": 16, "lr": 3e-3, "epochs": 150, "patience": 20}
 
 def compare(base: TrainConfig, run_root, cells=tuple(CELLS), log=print, progress=None):
     """Train each unit at its Table 1 size with the same settings; {cell: metrics}."""
-    examples = load_examples(base.dataset, base.data_dir)
+    data = load_data(base.dataset, base.data_dir, sample_rate=base.sample_rate)
     results = {}
     for cell in cells:
         config = replace(base, cell=cell, hidden_size=None)
         log(f"== {cell} ({config.model_config().hidden_size} units) ==")
-        results[cell] = train(config, Path(run_root) / cell, examples, log=log, progress=progress)
+        results[cell] = train(config, Path(run_root) / cell, data, log=log, progress=progress)
     return results

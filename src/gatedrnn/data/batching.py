@@ -20,6 +20,15 @@ class Batch:
     def steps(self):
         return int(self.lengths.sum())
 
+    def chunks(self, size=None):
+        """Consecutive pieces of at most ``size`` steps, for truncated backpropagation through
+        time (all of it as one piece when size is None)."""
+        if size is None:
+            return [self]
+        T = self.inputs.shape[1]
+        return [Batch(self.inputs[:, t:t + size], self.targets[:, t:t + size],
+                      (self.lengths - t).clamp(0, size)) for t in range(0, T, size)]
+
 
 def music_examples(rolls):
     """Piano rolls (T, 88) uint8 -> examples predicting x_t from x_<t."""

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from ..errors import UserError
+from ..errors import UserError, describe
 
 LOWEST_NOTE = 21  # MIDI A0: column 0 of a piano roll
 KEYS = 88         # MIDI 21..108
@@ -54,11 +54,6 @@ def music_spec(name: str) -> MusicSpec:
     if name not in MUSIC:
         raise UserError(f"unknown music dataset {name!r}; expected one of {', '.join(MUSIC)}")
     return MUSIC[name]
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _a(x) -> str:
@@ -108,7 +103,7 @@ def read_mat(path) -> dict[str, list[np.ndarray]]:
     try:
         mat = scipy.io.loadmat(path, appendmat=False)
     except Exception as e:  # scipy raises ValueError, TypeError, zlib.error, ... on bad bytes
-        raise UserError(f"{path}: not a readable MATLAB .mat file ({_one_line(e)})") from None
+        raise UserError(f"{path}: not a readable MATLAB .mat file ({describe(e)})") from None
     splits = {}
     for split in SPLITS:
         key = split + "data"
@@ -165,7 +160,7 @@ def read_pickle(path) -> dict[str, list[np.ndarray]]:
     except UserError:
         raise
     except Exception as e:  # UnpicklingError, EOFError, ValueError, ... on bad bytes
-        raise UserError(f"{path}: not a readable pickle ({_one_line(e)})") from None
+        raise UserError(f"{path}: not a readable pickle ({describe(e)})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: holds {_a(data)}, expected a dict with keys {', '.join(SPLITS)}")
     data = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in data.items()}
