@@ -200,6 +200,17 @@ def torch_module(name, batch_first=False, seed=20, input_size=I, hidden_size=H):
     return randomize_(module, seed)
 
 
+def assert_same_results(reference, ours):
+    """(output, final state, input grad, state grads) of two runs agree to TIGHT."""
+    (o_ref, f_ref, gx_ref, gs_ref), (o, f, gx, gs) = reference, ours
+    torch.testing.assert_close(o, o_ref, **TIGHT)
+    for a, b in zip(as_tuple(f), as_tuple(f_ref), strict=True):
+        torch.testing.assert_close(a, b, **TIGHT)
+    torch.testing.assert_close(gx, gx_ref, **TIGHT)
+    for a, b in zip(gs, gs_ref, strict=True):
+        torch.testing.assert_close(a, b, **TIGHT)
+
+
 def assert_same_grads(unit, module, rtol=1e-12, atol=1e-12):
     names = {n for n, _ in unit.named_parameters()}
     assert names == {"weight_ih", "weight_hh", "bias_ih", "bias_hh"}
@@ -224,13 +235,7 @@ def test_from_torch_matches_torch_nn_values_and_grads(name, batch_first):
         out, final = m(x, state)
         weighted_loss(out, final).backward()
         results.append((out, final, x.grad, [s.grad for s in as_tuple(state)]))
-    (o_ref, f_ref, gx_ref, gs_ref), (o, f, gx, gs) = results
-    torch.testing.assert_close(o, o_ref, **TIGHT)
-    for a, b in zip(as_tuple(f), as_tuple(f_ref), strict=True):
-        torch.testing.assert_close(a, b, **TIGHT)
-    torch.testing.assert_close(gx, gx_ref, **TIGHT)
-    for a, b in zip(gs, gs_ref, strict=True):
-        torch.testing.assert_close(a, b, **TIGHT)
+    assert_same_results(*results)
     assert_same_grads(unit, module)
 
 
@@ -303,13 +308,7 @@ def test_torch_variant_lengths_match_packed_sequences(name, batch_first):
             out, final = m(x, state, lengths=lengths)
         weighted_loss(out, final).backward()
         results.append((out, final, x.grad, [s.grad for s in as_tuple(state)]))
-    (o_ref, f_ref, gx_ref, gs_ref), (o, f, gx, gs) = results
-    torch.testing.assert_close(o, o_ref, **TIGHT)
-    for a, b in zip(as_tuple(f), as_tuple(f_ref), strict=True):
-        torch.testing.assert_close(a, b, **TIGHT)
-    torch.testing.assert_close(gx, gx_ref, **TIGHT)
-    for a, b in zip(gs, gs_ref, strict=True):
-        torch.testing.assert_close(a, b, **TIGHT)
+    assert_same_results(*results)
     assert_same_grads(unit, module)
 
 
