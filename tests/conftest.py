@@ -3,6 +3,9 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+torch.set_num_threads(1)   # as the CLI does: faster for these tiny models on a few cores
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("GATEDRNN_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")

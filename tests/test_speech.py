@@ -15,7 +15,7 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from gatedrnn.cells import recurrent_params
 from gatedrnn.data import SPEECH_TASK, load_data, task_of
-from gatedrnn.data.batching import length_sorted_batches, pad
+from gatedrnn.data.batching import pad
 from gatedrnn.data.fetch import FSDD_DIGEST, fetch_fsdd
 from gatedrnn.data.speech import (LONG_STEPS, Normalization, fit_normalization, frame, read_wav,
                                   speech_examples)
@@ -87,6 +87,13 @@ def test_read_wav_pcm_widths(tmp_path, width, peak):
     x = read_wav(tmp_path / "a.wav")
     assert x.dtype == np.float32
     assert x == pytest.approx(samples / (peak + 1), abs=1e-6)
+
+
+@pytest.mark.parametrize("rate", [1, 999, 2**31 - 1])
+def test_read_wav_refuses_implausible_sample_rates(tmp_path, rate):
+    write_wav(tmp_path / "a.wav", np.zeros(100), rate=rate)
+    with pytest.raises(UserError, match=f"a.wav: sample rate {rate} Hz, expected 1000 to 384000"):
+        read_wav(tmp_path / "a.wav")
 
 
 def test_read_wav_resamples_to_the_stated_rate(tmp_path):

@@ -182,9 +182,21 @@ def build_parser():
     return parser
 
 
+def set_threads():
+    """Torch threads: $GATEDRNN_THREADS, default 1. The paper's models are tiny, and on a few
+    cores one thread is faster than several (intra-op threads cost more than they share)."""
+    import os
+    import torch
+    value = os.environ.get("GATEDRNN_THREADS", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"GATEDRNN_THREADS={value!r}; expected a positive integer")
+    torch.set_num_threads(int(value))
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        set_threads()
         args.func(args)
     except UserError as e:
         print(f"gatedrnn: error: {e}", file=sys.stderr)

@@ -68,6 +68,9 @@ class TrainConfig:
                 raise UserError(f"{name} must lie in [0, 1), got {getattr(self, name)!r}")
         if not 0 < self.lr_final <= 1:
             raise UserError(f"lr_final must lie in (0, 1], got {self.lr_final!r}")
+        from .data.speech import MAX_RATE, MIN_RATE
+        if not MIN_RATE <= self.sample_rate <= MAX_RATE:
+            raise UserError(f"sample_rate must lie in {MIN_RATE}..{MAX_RATE} Hz, got {self.sample_rate!r}")
         if not 0 <= self.weight_noise < math.inf:
             raise UserError(f"weight_noise must be >= 0, got {self.weight_noise!r}")
 

@@ -51,6 +51,9 @@ class Normalization:
         return {"mean": self.mean, "std": self.std}
 
 
+MIN_RATE, MAX_RATE = 1000, 384_000   # sample rates we read and resample between
+
+
 def read_wav(path, sample_rate=FSDD_RATE):
     """A mono integer-PCM WAV file as float32 in [-1, 1), resampled to ``sample_rate`` if needed."""
     path = Path(path)
@@ -67,8 +70,8 @@ def read_wav(path, sample_rate=FSDD_RATE):
         raise UserError(f"{path}: {channels} channels, expected mono")
     if width not in (1, 2, 3, 4):
         raise UserError(f"{path}: {8 * width}-bit samples, expected 8, 16, 24 or 32-bit PCM")
-    if rate <= 0:
-        raise UserError(f"{path}: sample rate {rate}, expected a positive rate")
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise UserError(f"{path}: sample rate {rate} Hz, expected {MIN_RATE} to {MAX_RATE} Hz")
     frames = len(raw) // width
     if frames == 0:
         raise UserError(f"{path}: holds no audio samples")
