@@ -176,10 +176,10 @@ def shutil_width():
 
 def cmd_reproduce(args):
     from dataclasses import asdict
-    from .sweep import SweepConfig, reproduce
+    from .sweep import SWEPT, SweepConfig, reproduce
     args.dataset, args.variant, args.lr = args.datasets[0], args.variants[0], 1e-3
     base = asdict(train_config(args))
-    options = {k: v for k, v in base.items() if k not in ("dataset", "cell", "variant", "lr", "seed")}
+    options = {k: v for k, v in base.items() if k not in SWEPT}
     config = SweepConfig(name=args.study, datasets=args.datasets, cells=args.cells,
                          variants=args.variants, trials=args.trials, seeds=args.seeds,
                          lr_range=tuple(args.lr_range), seed=args.seed, options=options)

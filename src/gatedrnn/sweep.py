@@ -51,6 +51,7 @@ LR_RANGE = (1e-4, 1e-2)   # log-uniform; the paper's U(-12, -6) leaves the log's
 PHASES = ("lr", "seeds")
 MAX_RETRY = 3             # a slot whose worker died this many times is left for the next resume
 JOURNAL_FILE = "optuna-journal.log"
+SWEPT = ("dataset", "cell", "variant", "lr", "seed")   # TrainConfig fields the sweep sets
 HEARTBEAT = "heartbeat"   # trial system attr: unix time of the last heartbeat (journal storage)
 
 
@@ -86,6 +87,10 @@ class SweepConfig:
         for v in self.variants:
             if v not in VARIANTS:
                 raise UserError(f"unknown variant {v!r}; expected one of {', '.join(VARIANTS)}")
+        from .train import TrainConfig                 # every training option, checked now
+        given = {k: v for k, v in self.options.items() if k not in SWEPT}
+        full = asdict(TrainConfig.from_dict({**given, "dataset": self.datasets[0]}))
+        self.options = {k: v for k, v in full.items() if k not in SWEPT}
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise UserError(f"--study must be letters, digits, '_', '.' or '-', got {self.name!r}")
 
@@ -232,7 +237,11 @@ def create(storage, config: SweepConfig):
         groups = []
     else:
         saved = {k: manifest.user_attrs.get(k) for k in settings}
-        diff = [k for k in settings if _jsonish(saved[k]) != _jsonish(settings[k])]
+        where = ("data_dir",)                            # differs between machines
+        same = [{k: v for k, v in (d or {}).items() if k not in where}
+                for d in (saved["options"], settings["options"])]
+        diff = [k for k in settings if _jsonish(saved[k]) != _jsonish(settings[k])
+                and not (k == "options" and same[0] == same[1])]
         if diff:
             raise UserError(f"sweep {config.name!r} exists in this storage with other settings "
                             f"({', '.join(diff)}: {saved[diff[0]]!r} there, {settings[diff[0]]!r} "
@@ -532,6 +541,13 @@ def settings_of(storage, sweep):
 
 # ---------------------------------------------------------------------------------- coordinator
 
+def worker_env():
+    """The environment for a local worker: this very gatedrnn package first on the path."""
+    here = str(Path(__file__).resolve().parents[1])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": here + (os.pathsep + path if path else "")}
+
+
 def reproduce(config: SweepConfig, out, storage_url=None, workers=1, heartbeat_interval=30,
               grace_period=120, data_dir=None, on_status=None, poll=2.0, worker_args=()):
     """Create or resume the sweep, run ``workers`` local worker processes (0: only wait for
@@ -555,7 +571,8 @@ def reproduce(config: SweepConfig, out, storage_url=None, workers=1, heartbeat_i
             cmd += ["--data-dir", str(data_dir)]
         for k in range(workers):
             with open(logs / f"worker-{k}.log", "ab") as f:
-                procs.append(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT))
+                procs.append(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
+                                              env=worker_env()))
     try:
         last = None
         while True:
