@@ -217,7 +217,10 @@ def cmd_report(args):
     if not found:
         raise UserError(f"{args.dir}: no finished run directories under runs/<dataset>/<cell>/"
                         "<variant>/<phase>/trial-N")
-    paths = write_results(Path(args.out or args.dir), found)
+    from .rundir import read_json
+    saved = Path(args.dir) / "sweep.json"          # the sweep's settings, if reproduce wrote them
+    paths = write_results(Path(args.out or args.dir), found,
+                          read_json(saved) if saved.is_file() else None)
     print("\n".join(str(p) for p in paths))
     print()
     print(paths[0].read_text(), end="")

@@ -107,12 +107,17 @@ class SweepConfig:
         """[(lr, seed)] of a phase, indexed by slot."""
         if phase == "lr":
             return [(lr, self.seed) for lr in self.learning_rates()]
-        return [(best_lr, self.seed + 1 + k) for k in range(self.seeds)]
+        return seed_slots(best_lr, self.seed, self.seeds)
 
     def settings(self):
         """What the manifest stores (and what must match when a sweep is resumed)."""
         return {"trials": self.trials, "seeds": self.seeds, "lr_range": list(self.lr_range),
                 "seed": self.seed, "lrs": self.learning_rates(), "options": self.options}
+
+
+def seed_slots(lr, seed, n):
+    """The seeds phase: the best lr with ``n`` new seeds, after the lr phase's ``seed``."""
+    return [(lr, seed + 1 + k) for k in range(n)]
 
 
 def study_name(sweep, dataset, cell, variant, phase):
@@ -254,7 +259,7 @@ def create(storage, config: SweepConfig):
         enqueued += _ensure_slots(study, config.slots("lr"), "lr")
         seeds = _load(storage, study_name(config.name, *group, "seeds"))
         if seeds is not None:
-            enqueued += _ensure_slots(seeds, config.slots("seeds", seeds.user_attrs["lr"]), "seeds")
+            enqueued += _fill_seeds(study, seeds, config.seed, config.seeds)
         if group not in groups:
             groups.append(group)
     manifest.set_user_attr("groups", [list(g) for g in groups])   # last: workers read it
@@ -355,20 +360,24 @@ def advance(storage, sweep, group):
     """Create a group's seeds study with its best lr and enqueue the seeds (if nobody has)."""
     optuna = _optuna()
     manifest = _load(storage, sweep)
-    lr_study = _load(storage, study_name(sweep, *group, "lr"))
-    complete = [t for t in lr_study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    best = min(complete, key=lambda t: (t.value, t.number))
     try:
         seeds = optuna.create_study(study_name=study_name(sweep, *group, "seeds"), storage=storage)
     except optuna.exceptions.DuplicatedStudyError:
         return False                                     # another worker got there first
-    lr = best.user_attrs["lr"]
-    seeds.set_user_attr("lr", lr)
-    seeds.set_user_attr("lr_trial", best.number)
     a = manifest.user_attrs
-    slots = [(lr, a["seed"] + 1 + k) for k in range(a["seeds"])]
-    _ensure_slots(seeds, slots, "seeds")
+    _fill_seeds(_load(storage, study_name(sweep, *group, "lr")), seeds, a["seed"], a["seeds"])
     return True
+
+
+def _fill_seeds(lr_study, seeds, seed, n):
+    """Record the best lr in the seeds study (once) and enqueue its missing seed slots."""
+    if "lr" not in seeds.user_attrs:
+        complete = [t for t in lr_study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+        best = min(complete, key=lambda t: (t.value, t.number))
+        seeds.set_user_attr("lr", best.user_attrs["lr"])
+        seeds.set_user_attr("lr_trial", best.number)
+    lr = seeds.user_attrs["lr"]
+    return _ensure_slots(seeds, seed_slots(lr, seed, n), "seeds")
 
 
 # ---------------------------------------------------------------------------------- worker
