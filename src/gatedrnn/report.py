@@ -183,6 +183,7 @@ def plot_curves(rows, path, dataset):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
     from . import rundir
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharey="col", squeeze=False)
     colors = {"tanh": "tab:blue", "gru": "tab:orange", "lstm": "tab:green"}
@@ -206,6 +207,8 @@ def plot_curves(rows, path, dataset):
         for col, split in enumerate(("train", "valid")):
             ax = axes[row_i][col]
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
             ax.set_xlabel(xlabel)
             ax.set_ylabel(f"{split} NLL (nats per step)")
             ax.grid(True, which="both", alpha=0.3)
