@@ -276,7 +276,7 @@ def test_postgres_two_workers_each_slot_once_and_a_killed_trial_is_retried(postg
     import optuna
     out = tmp_path / "out"
     storage = sweep.open_storage(postgres_url, 1, 4)
-    options = {"hidden_size": 4, "batch_size": 64, "epochs": 12, "weight_noise": 0.0,
+    options = {"hidden_size": 4, "batch_size": 64, "epochs": 8, "weight_noise": 0.0,
                "patience": 20, "data_dir": str(tiny_data)}
     config = sweep.SweepConfig(name="pg", datasets=["jsb"], cells=["gru"], trials=3, seeds=2,
                                options=options)
@@ -329,7 +329,7 @@ def test_postgres_two_workers_each_slot_once_and_a_killed_trial_is_retried(postg
     assert main(["reproduce", "--storage", postgres_url, "--study", "pg", "--datasets", "jsb",
                  "--cells", "gru", "--trials", "3", "--seeds", "2", "--out", str(out),
                  "--data-dir", str(tiny_data), "--hidden-size", "4", "--batch-size", "64",
-                 "--epochs", "12", "--weight-noise", "0", "--patience", "20", "--workers", "0",
+                 "--epochs", "8", "--weight-noise", "0", "--patience", "20", "--workers", "0",
                  "--poll", "0.2"]) == 0
     row = json.loads((out / "table2.json").read_text())[0]
     assert row["seeds"] == 2 and stamp(finished_runs(out)) == before
