@@ -18,15 +18,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def add_train_options(p, defaults):
+def add_train_options(p, defaults, sweep=False):
+    """The TrainConfig options; ``sweep``: without --dataset, --variant and --lr (swept)."""
     from .train import TrainConfig
     d = {f.name: f.default for f in fields(TrainConfig)} | defaults
     from .data import dataset_names
-    p.add_argument("--dataset", default="jsb", help=" | ".join(dataset_names()))
-    p.add_argument("--variant", default=d["variant"], help="paper (default) | torch")
+    if not sweep:
+        p.add_argument("--dataset", default="jsb", help=" | ".join(dataset_names()))
+        p.add_argument("--variant", default=d["variant"], help="paper (default) | torch")
     p.add_argument("--hidden-size", type=int, default=d["hidden_size"],
                    help="units (default: Table 1 size)")
-    p.add_argument("--lr", type=float, default=d["lr"], help=f"learning rate (default {d['lr']})")
+    if not sweep:
+        p.add_argument("--lr", type=float, default=d["lr"], help=f"learning rate (default {d['lr']})")
     p.add_argument("--epochs", type=int, default=d["epochs"], help=f"at most (default {d['epochs']})")
     p.add_argument("--batch-size", type=int, default=d["batch_size"],
                    help=f"sequences per update, length-sorted (default {d['batch_size']})")
@@ -146,6 +149,91 @@ def cmd_data_fetch(args):
                             f"{', '.join([*MUSIC, *SPEECH])}")
 
 
+class SweepProgress:
+    """Sweep status: one line per change when not on a terminal, one rewritten line on it."""
+
+    def __init__(self):
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, status):
+        import time
+        line = f"[{time.strftime('%H:%M:%S')}] {status.line()}"
+        if self.tty:
+            width = shutil_width()
+            print("\r" + line[:width - 1].ljust(width - 1), end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.tty:
+            print(file=sys.stderr, flush=True)
+
+
+def shutil_width():
+    import shutil
+    return shutil.get_terminal_size((120, 20)).columns
+
+
+def cmd_reproduce(args):
+    from dataclasses import asdict
+    from .sweep import SWEPT, SweepConfig, reproduce
+    args.dataset, args.variant, args.lr = args.datasets[0], args.variants[0], 1e-3
+    base = asdict(train_config(args))
+    options = {k: v for k, v in base.items() if k not in SWEPT}
+    config = SweepConfig(name=args.study, datasets=args.datasets, cells=args.cells,
+                         variants=args.variants, trials=args.trials, seeds=args.seeds,
+                         lr_range=tuple(args.lr_range), seed=args.seed, options=options)
+    if args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    progress = SweepProgress()
+    try:
+        status, paths = reproduce(config, args.out, args.storage, args.workers,
+                                  args.heartbeat_interval, args.grace_period, args.data_dir,
+                                  on_status=progress, poll=args.poll)
+    finally:
+        progress.close()
+    print("\n".join(str(p) for p in paths))
+    print()
+    print(paths[0].read_text(), end="")
+
+
+def cmd_worker(args):
+    import signal
+    from .sweep import open_storage, work
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)   # tell the study the trial failed, then exit
+    storage = open_storage(args.storage, args.heartbeat_interval, args.grace_period)
+    ran = work(storage, args.study, Path(args.out), args.data_dir,
+               log=lambda line: print(line, flush=True), poll=args.poll)
+    print(f"worker done: {ran} trials run here", flush=True)
+
+
+def cmd_report(args):
+    from .report import records_from_run_dirs, write_results
+    found = records_from_run_dirs(args.dir)
+    if not found:
+        raise UserError(f"{args.dir}: no finished run directories under runs/<dataset>/<cell>/"
+                        "<variant>/<phase>/trial-N")
+    from .rundir import read_json
+    saved = Path(args.dir) / "sweep.json"          # the sweep's settings, if reproduce wrote them
+    paths = write_results(Path(args.out or args.dir), found,
+                          read_json(saved) if saved.is_file() else None)
+    print("\n".join(str(p) for p in paths))
+    print()
+    print(paths[0].read_text(), end="")
+
+
+def add_storage_options(p):
+    p.add_argument("--heartbeat-interval", type=int, default=30,
+                   help="seconds between a running trial's heartbeats (default 30)")
+    p.add_argument("--grace-period", type=int, default=120,
+                   help="a running trial without a heartbeat for this long is failed and "
+                   "retried (default 120 s)")
+
+
 def build_parser():
     from .cells import CELLS
     from .train import COMPARE_DEFAULTS
@@ -165,6 +253,45 @@ def build_parser():
     p.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
     p.add_argument("--out", help="root of the run directories (default runs/compare-DATASET)")
     p.set_defaults(func=cmd_compare)
+
+    from .data import MUSIC
+    from .sweep import LR_RANGE, SWEEP_DEFAULTS
+    p = sub.add_parser("reproduce", help="Table 2 and Figures 2-3 with the paper's protocol: an lr "
+                       "search, then seeds, on Optuna (local workers, or many machines)")
+    p.add_argument("--datasets", nargs="+", default=list(MUSIC))
+    p.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
+    p.add_argument("--variants", nargs="+", default=["paper"], help="paper | torch (default paper)")
+    p.add_argument("--trials", type=int, default=10, help="learning rates per unit (default 10)")
+    p.add_argument("--seeds", type=int, default=3, help="runs of the best lr (default 3)")
+    p.add_argument("--lr-range", type=float, nargs=2, default=list(LR_RANGE), metavar=("LOW", "HIGH"),
+                   help=f"log-uniform learning-rate range (default {LR_RANGE[0]:g} {LR_RANGE[1]:g})")
+    p.add_argument("--workers", type=int, default=1,
+                   help="worker processes on this machine (default 1; 0: only wait for workers "
+                   "started elsewhere with gatedrnn worker)")
+    p.add_argument("--storage", help="journal:PATH or a database URL (postgresql://user@host/db); "
+                   "default: journal:OUT/optuna-journal.log")
+    p.add_argument("--study", default="table2", help="sweep name in the storage (default table2)")
+    p.add_argument("--out", default="results", help="results and run directories (default results)")
+    add_train_options(p, SWEEP_DEFAULTS, sweep=True)
+    add_storage_options(p)
+    p.add_argument("--poll", type=float, default=2.0,
+                   help="seconds between looks at the sweep's status (default 2)")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("worker", help="run trials of a sweep created by gatedrnn reproduce (start "
+                       "one or more on every machine)")
+    p.add_argument("--storage", required=True, help="the sweep's storage (journal:PATH or URL)")
+    p.add_argument("--study", default="table2", help="sweep name (default table2)")
+    p.add_argument("--out", default="results", help="where run directories go (default results)")
+    p.add_argument("--data-dir", help="dataset files on this machine (default: the sweep's)")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between looks for work")
+    add_storage_options(p)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("report", help="rebuild table2.md/.json and the figures from run directories")
+    p.add_argument("dir", help="a reproduce --out directory (or its runs/)")
+    p.add_argument("--out", help="where to write (default: DIR)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("eval", help="recompute the NLLs of a run's saved best model")
     p.add_argument("run_dir")

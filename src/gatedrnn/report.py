@@ -1,4 +1,5 @@
 """Tables built from results: ours beside the paper's Table 1 and Table 2."""
+import math
 from .model import table1_rows
 
 # Table 2 of the paper: (train, test) NLL in nats per time step.
@@ -53,3 +54,193 @@ def compare_markdown(dataset, results):
 
 def _fmt(x):
     return "-" if x is None else f"{x:.2f}"
+
+
+# ---------------------------------------------------------------------------------- Table 2
+# A record is one finished run: {dataset, cell, variant, phase ("lr" | "seeds"), lr, seed, trial,
+# run_dir, config, metrics}. sweep.records() builds them from the Optuna storage,
+# records_from_run_dirs() from the run directories alone; both feed the same table.
+
+RESULT_FIELDS = ("dataset", "cell", "variant", "test_nll_mean", "test_nll_std", "valid_nll_mean",
+                 "train_nll_mean", "seeds", "lr", "batch_size", "epochs", "seconds")
+
+
+def records_from_run_dirs(root):
+    """Records of every finished run under ROOT/runs/<dataset>/<cell>/<variant>/<phase>/trial-N
+    (ROOT may also be the runs directory itself). A run without metrics.json (a killed attempt,
+    or one that diverged) has no result and is left out."""
+    from pathlib import Path
+    from . import rundir
+    root = Path(root)
+    runs = root / "runs" if (root / "runs").is_dir() else root
+    out = []
+    for metrics_file in sorted(runs.glob("*/*/*/*/trial-*/" + rundir.METRICS)):
+        run = metrics_file.parent
+        config = rundir.read_json(run / rundir.CONFIG)["train"]
+        out.append({"dataset": config["dataset"], "cell": config["cell"],
+                    "variant": config["variant"], "phase": run.parent.name, "lr": config["lr"],
+                    "seed": config["seed"], "trial": int(run.name.split("-")[1]),
+                    "run_dir": str(run.resolve()), "config": config,
+                    "metrics": rundir.read_json(metrics_file)})
+    return out
+
+
+def aggregate(records):
+    """One row per (dataset, cell, variant): the lr with the best validation NLL in the lr phase
+    (mean over its runs), then mean and std (sample std, n - 1) over the seeds phase's runs at
+    that lr, one per seed (a retried slot counts once: its lowest trial number)."""
+    import statistics
+    groups = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["cell"], r["variant"]), []).append(r)
+    rows = []
+    for (dataset, cell, variant), recs in groups.items():
+        by_lr = {}
+        for r in recs:
+            if r["phase"] == "lr":
+                by_lr.setdefault(r["lr"], []).append(r["metrics"]["valid_nll"])
+        candidates = sorted((lr, statistics.fmean(v)) for lr, v in by_lr.items())
+        best_lr = min(candidates, key=lambda c: c[1])[0] if candidates else None
+        per_seed = {}
+        for r in sorted(recs, key=lambda r: r["trial"], reverse=True):
+            if r["phase"] == "seeds" and (best_lr is None or math.isclose(r["lr"], best_lr, rel_tol=1e-9)):
+                per_seed[r["seed"]] = r
+        runs = [per_seed[s] for s in sorted(per_seed)]
+        row = {"dataset": dataset, "cell": cell, "variant": variant, "seeds": len(runs),
+               "lr": runs[0]["lr"] if runs else best_lr, "lr_candidates": candidates}
+        for split in ("train", "valid", "test"):
+            values = [r["metrics"][f"{split}_nll"] for r in runs]
+            row[f"{split}_nll_mean"] = statistics.fmean(values) if values else None
+            row[f"{split}_nll_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        c = (runs or recs)[0]["config"]
+        row.update(batch_size=c["batch_size"], max_epochs=c["epochs"], patience=c["patience"],
+                   weight_noise=c["weight_noise"],
+                   epochs=statistics.fmean(r["metrics"]["epochs"] for r in runs) if runs else None,
+                   best_epoch=statistics.fmean(r["metrics"]["best_epoch"] for r in runs) if runs else None,
+                   seconds=statistics.fmean(r["metrics"]["seconds"] for r in runs) if runs else None,
+                   params=runs[0]["metrics"]["params"] if runs else None,
+                   seed_list=[r["seed"] for r in runs], run_dirs=[r["run_dir"] for r in runs])
+        paper = PAPER_TABLE2.get(dataset, {}).get(cell)
+        row["paper_train_nll"], row["paper_test_nll"] = paper if paper else (None, None)
+        row["best_run"] = min(runs, key=lambda r: r["metrics"]["valid_nll"])["run_dir"] if runs else None
+        rows.append(row)
+    order = {name: i for i, name in enumerate(PAPER_TABLE2)}
+    cells = {"tanh": 0, "gru": 1, "lstm": 2}
+    rows.sort(key=lambda r: (order.get(r["dataset"], 99), r["dataset"], cells.get(r["cell"], 9),
+                             r["cell"], r["variant"]))
+    return rows
+
+
+def table2_markdown(rows, settings=None):
+    """Ours (mean ± std over seeds) beside the paper's Table 2, with the settings that made it."""
+    settings = settings or {}
+    done = [r for r in rows if r["seeds"]]
+    lines = ["# Table 2: average negative log-likelihood, nats per time step (lower is better)", ""]
+    if done:
+        r0 = done[0]
+        lrs = sorted({lr for r in rows for lr, _ in r["lr_candidates"]})
+        drawn = (f"log-uniform over [{settings['lr_range'][0]:g}, {settings['lr_range'][1]:g}]"
+                 if settings.get("lr_range") else "log-uniform")
+        lines += [f"Protocol: {len(lrs)} learning rates drawn {drawn} (tried "
+                  f"{', '.join(f'{lr:.2e}' for lr in lrs)}), one run each; the best by "
+                  f"validation NLL trained again with {r0['seeds']} seeds (seeds "
+                  f"{', '.join(map(str, r0['seed_list']))}); mean ± sample std over those seeds. "
+                  f"Batch {r0['batch_size']}, at most {r0['max_epochs']} epochs, early stopping "
+                  f"patience {r0['patience']}, weight noise {r0['weight_noise']}, 88 inputs. "
+                  "`epochs` and `seconds` are per run, averaged over seeds.", ""]
+    header = ["dataset", "unit", "variant", "params", "lr", "seeds", "train", "valid", "test",
+              "paper train", "paper test", "epochs", "seconds"]
+    body = []
+    for r in done:
+        body.append([r["dataset"], r["cell"], r["variant"], f"{r['params']:,}", f"{r['lr']:.2e}", r["seeds"],
+                     *(f"{r[f'{s}_nll_mean']:.2f} ± {r[f'{s}_nll_std']:.2f}"
+                       for s in ("train", "valid", "test")),
+                     _fmt(r["paper_train_nll"]), _fmt(r["paper_test_nll"]),
+                     f"{r['epochs']:.0f}", f"{r['seconds']:.0f}"])
+    lines.append(markdown_table(header, body))
+    pending = [r for r in rows if not r["seeds"]]
+    if pending:
+        lines += ["", "Not finished (no seeds-phase run yet): " +
+                  ", ".join(f"{r['dataset']}/{r['cell']}/{r['variant']}" for r in pending)]
+    lines += ["", "Validation NLL of every learning rate tried (lr phase, one run each):", ""]
+    lines.append(markdown_table(["dataset", "unit", "variant", "lr: valid NLL"], [
+        [r["dataset"], r["cell"], r["variant"],
+         ", ".join(f"{lr:.2e}: {v:.2f}" for lr, v in r["lr_candidates"])] for r in rows]))
+    speech = [d for d in dict.fromkeys(r["dataset"] for r in done) if d in PAPER_DATASET]
+    if speech:
+        lines += ["", "Paper columns for " + ", ".join(f"{d} are {PAPER_DATASET[d]}" for d in speech)
+                  + " (compare the ranking only)."]
+    if settings.get("study"):
+        lines += ["", f"Optuna sweep `{settings['study']}`."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(rows, path, dataset):
+    """Figure 2/3 style: train and validation NLL (log y) against epochs (top) and wall-clock
+    seconds (bottom), for the best-validation seed run of each unit on ``dataset``."""
+    import csv
+    from pathlib import Path
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
+    from . import rundir
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharey="col", squeeze=False)
+    colors = {"tanh": "tab:blue", "gru": "tab:orange", "lstm": "tab:green"}
+    plotted = 0
+    for r in rows:
+        if r["dataset"] != dataset or not r["best_run"]:
+            continue
+        curves_file = Path(r["best_run"]) / rundir.CURVES
+        if not curves_file.is_file():
+            continue
+        with open(curves_file, newline="") as f:
+            curve = list(csv.DictReader(f))
+        label = r["cell"] + ("" if r["variant"] == "paper" else f" ({r['variant']})")
+        for row_i, x_key in enumerate(("epoch", "seconds")):
+            x = [float(c[x_key]) for c in curve]
+            for col, split in enumerate(("train", "valid")):
+                axes[row_i][col].plot(x, [float(c[f"{split}_nll"]) for c in curve], label=label,
+                                      color=colors.get(r["cell"]))
+        plotted += 1
+    for row_i, xlabel in enumerate(("epochs", "wall-clock seconds")):
+        for col, split in enumerate(("train", "valid")):
+            ax = axes[row_i][col]
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{split} NLL (nats per step)")
+            ax.grid(True, which="both", alpha=0.3)
+            if plotted:
+                ax.legend()
+    fig.suptitle(f"{dataset}: learning curves of the best validation runs")
+    fig.tight_layout()
+    rundir.atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+    return plotted
+
+
+def write_results(out, records, settings=None):
+    """table2.md, table2.json and curves-<dataset>.png in ``out``; settings (the sweep's, if
+    known) are kept in sweep.json so that `gatedrnn report` writes the same header."""
+    import re
+    from pathlib import Path
+    from . import rundir
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if settings is None and (out / "sweep.json").is_file():
+        settings = rundir.read_json(out / "sweep.json")
+    if settings:
+        rundir.write_json(out / "sweep.json", settings)
+    rows = aggregate(records)
+    json_rows = [{k: r[k] for k in RESULT_FIELDS} | {k: v for k, v in r.items() if k not in RESULT_FIELDS}
+                 for r in rows if r["seeds"]]
+    paths = [out / "table2.md", out / "table2.json"]
+    rundir.write_text(paths[0], table2_markdown(rows, settings))
+    rundir.write_json(paths[1], json_rows)
+    for dataset in dict.fromkeys(r["dataset"] for r in rows if r["seeds"]):
+        path = out / f"curves-{re.sub(r'[^A-Za-z0-9_.-]', '_', dataset)}.png"
+        if plot_curves(rows, path, dataset):
+            paths.append(path)
+    return paths

@@ -1,0 +1,336 @@
+"""The Table 2 sweep: protocol, aggregation, resume, report, and many workers on PostgreSQL.
+
+Tiny generated data (the JSB split sizes, sequences of 2-4 steps), 4 units, a few epochs: each
+trial takes a fraction of a second, so the tests measure the engine, not the training.
+"""
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+
+from gatedrnn import sweep
+from gatedrnn.cli import main
+from gatedrnn.report import aggregate, records_from_run_dirs
+
+SRC = Path(sweep.__file__).resolve().parents[1]
+TINY = ["--hidden-size", "4", "--batch-size", "64", "--epochs", "2", "--weight-noise", "0"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """A JSB_Chorales.mat with the published split sizes (229/76/77) of 2-4 step sequences."""
+    folder = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    out = {}
+    for split, n in (("train", 229), ("valid", 76), ("test", 77)):
+        cells = np.empty((1, n), dtype=object)
+        for i in range(n):
+            roll = np.zeros((int(rng.integers(2, 5)), 88), np.uint8)
+            roll[:, 30:42] = rng.random((len(roll), 12)) < 0.3
+            cells[0, i] = roll
+        out[split + "data"] = cells
+    scipy.io.savemat(folder / "JSB_Chorales.mat", out)
+    return folder
+
+
+def reproduce_args(out, data, *extra):
+    return ["reproduce", "--datasets", "jsb", "--trials", "2", "--seeds", "2", "--out", str(out),
+            "--data-dir", str(data), "--poll", "0.2", "--heartbeat-interval", "1",
+            "--grace-period", "5", *TINY, *extra]
+
+
+def finished_runs(out):
+    return sorted(p.parent for p in (Path(out) / "runs").glob("*/*/*/*/trial-*/metrics.json"))
+
+
+def stamp(runs):
+    return {p: (p / "metrics.json").stat().st_mtime_ns for p in runs}
+
+
+# ---------------------------------------------------------------------------------- protocol
+
+def test_learning_rates_log_uniform_seeded_and_shared_by_groups():
+    a = sweep.SweepConfig(trials=10, seed=0)
+    lrs = a.learning_rates()
+    assert len(lrs) == 10 and lrs == sorted(lrs) and len(set(lrs)) == 10
+    assert all(1e-4 <= lr <= 1e-2 for lr in lrs)
+    assert lrs == sweep.SweepConfig(trials=10, seed=0, cells=["gru"]).learning_rates()
+    assert lrs != sweep.SweepConfig(trials=10, seed=1).learning_rates()
+    assert a.slots("lr") == [(lr, 0) for lr in lrs]
+    assert a.slots("seeds", 3e-3) == [(3e-3, 1), (3e-3, 2), (3e-3, 3)]   # new seeds, not the lr run's
+
+
+def record(cell, phase, lr, seed, trial, valid, test=None):
+    m = {"train_nll": valid - 1, "valid_nll": valid, "test_nll": test or valid + 0.5, "epochs": 5,
+         "best_epoch": 4, "seconds": 2.0, "params": 100}
+    c = {"dataset": "jsb", "cell": cell, "variant": "paper", "lr": lr, "seed": seed,
+         "batch_size": 16, "epochs": 20, "patience": 20, "weight_noise": 0.075}
+    return {"dataset": "jsb", "cell": cell, "variant": "paper", "phase": phase, "lr": lr,
+            "seed": seed, "trial": trial, "run_dir": f"/r/{phase}/{trial}", "config": c, "metrics": m}
+
+
+def test_aggregate_best_lr_then_seeds_once_each():
+    recs = [record("gru", "lr", 1e-3, 0, 0, 9.0), record("gru", "lr", 3e-3, 0, 1, 8.5),
+            record("gru", "seeds", 3e-3, 1, 0, 8.6, 8.8), record("gru", "seeds", 3e-3, 2, 1, 8.4, 8.6),
+            record("gru", "seeds", 3e-3, 2, 2, 7.0, 1.0),     # a retried slot that also finished
+            record("gru", "seeds", 1e-3, 3, 3, 1.0, 1.0)]     # not at the best lr
+    (row,) = aggregate(recs)
+    assert row["lr"] == 3e-3 and row["seeds"] == 2 and row["seed_list"] == [1, 2]
+    assert row["test_nll_mean"] == pytest.approx(8.7)
+    assert row["test_nll_std"] == pytest.approx(np.std([8.8, 8.6], ddof=1))
+    assert row["valid_nll_mean"] == pytest.approx(8.5)
+    assert row["lr_candidates"] == [(1e-3, 9.0), (3e-3, 8.5)]
+    assert row["best_run"] == "/r/seeds/1" and (row["paper_train_nll"], row["paper_test_nll"]) == (6.94, 8.54)
+
+
+def test_journal_heartbeat_fails_a_stale_trial_and_retries_its_slot(tmp_path):
+    import optuna
+    storage = sweep.open_storage(f"journal:{tmp_path / 'j.log'}", 1, 2)
+    config = sweep.SweepConfig(name="hb", datasets=["jsb"], cells=["gru"], trials=2, seeds=1)
+    assert sweep.create(storage, config) == 2
+    study = optuna.load_study(study_name="hb/jsb/gru/paper/lr", storage=storage)
+    first = study.get_trials()[0]
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), first.number)
+    assert storage.set_trial_state_values(trial_id, optuna.trial.TrialState.RUNNING)
+    storage.record_heartbeat(trial_id)
+    optuna.storages.fail_stale_trials(study)
+    assert study.get_trials()[0].state.name == "RUNNING"          # fresh heartbeat: alive
+    storage.set_trial_system_attr(trial_id, sweep.HEARTBEAT, time.time() - 10)
+    optuna.storages.fail_stale_trials(study)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING", "WAITING"]
+    retry = trials[2]
+    assert retry.user_attrs == first.user_attrs and retry.system_attrs["failed_trial"] == 0
+    assert sweep.create(storage, config) == 0                    # resume: nothing re-enqueued
+    s = sweep.status(storage, "hb")
+    assert (s.total, s.done, s.waiting, s.failed) == (3, 0, 2, 1)
+
+
+# ---------------------------------------------------------------------------------- journal, end to end
+
+@pytest.fixture(scope="module")
+def journal_sweep(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "out"
+    started = time.perf_counter()
+    rc = main(reproduce_args(out, tiny_data, "--workers", "1"))
+    assert rc == 0
+    return out, time.perf_counter() - started
+
+
+def test_sweep_writes_table_json_and_figures_from_its_runs(journal_sweep, capsys):
+    out, _ = journal_sweep
+    runs = finished_runs(out)
+    assert len(runs) == 3 * (2 + 2)                       # three units x (2 lrs + 2 seeds)
+    rows = json.loads((out / "table2.json").read_text())
+    assert [(r["dataset"], r["cell"], r["variant"]) for r in rows] == [
+        ("jsb", "tanh", "paper"), ("jsb", "gru", "paper"), ("jsb", "lstm", "paper")]
+    for row in rows:
+        assert set(sweep_fields()) <= set(row)
+        base = out / "runs" / "jsb" / row["cell"] / "paper"
+        lr_runs = [json.loads((p / "metrics.json").read_text()) | {"lr": lr_of(p)}
+                   for p in sorted((base / "lr").iterdir())]
+        best = min(lr_runs, key=lambda m: m["valid_nll"])
+        assert row["lr"] == best["lr"]
+        seed_runs = [json.loads((p / "metrics.json").read_text()) for p in sorted((base / "seeds").iterdir())]
+        assert [lr_of(p) for p in (base / "seeds").iterdir()] == [best["lr"]] * 2
+        test = [m["test_nll"] for m in seed_runs]
+        assert row["seeds"] == 2 and row["batch_size"] == 64
+        assert row["test_nll_mean"] == pytest.approx(np.mean(test), rel=1e-12)
+        assert row["test_nll_std"] == pytest.approx(np.std(test, ddof=1), rel=1e-9)
+        assert row["valid_nll_mean"] == pytest.approx(np.mean([m["valid_nll"] for m in seed_runs]))
+        assert row["train_nll_mean"] == pytest.approx(np.mean([m["train_nll"] for m in seed_runs]))
+        assert row["seconds"] == pytest.approx(np.mean([m["seconds"] for m in seed_runs]))
+    md = (out / "table2.md").read_text()
+    assert "| jsb | gru | paper |" in md and "6.94 | 8.54" in md and "[0.0001, 0.01]" in md
+    png = (out / "curves-jsb.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert not list(out.glob(".*tmp"))                    # atomic writes leave no temporaries
+
+
+def lr_of(run):
+    return json.loads((run / "config.json").read_text())["train"]["lr"]
+
+
+def sweep_fields():
+    from gatedrnn.report import RESULT_FIELDS
+    return RESULT_FIELDS
+
+
+def test_rerun_resumes_and_trains_nothing(journal_sweep, tiny_data, capsys):
+    out, _ = journal_sweep
+    before = stamp(finished_runs(out))
+    assert main(reproduce_args(out, tiny_data, "--workers", "2")) == 0
+    assert stamp(finished_runs(out)) == before
+    assert "trials done 12/12  running 0  left 0" in capsys.readouterr().err
+    assert not (out / "logs" / "worker-1.log").exists()   # nothing to do: no worker started
+
+
+def test_report_rebuilds_the_same_table_from_run_dirs(journal_sweep, tmp_path, capsys):
+    out, _ = journal_sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(out / "runs", copy / "runs")          # run directories only, no storage
+    shutil.copy(out / "sweep.json", copy)
+    assert main(["report", str(copy)]) == 0
+    assert (copy / "table2.md").read_text() == (out / "table2.md").read_text().replace(str(out), str(copy))
+    ours = json.loads((copy / "table2.json").read_text())
+    theirs = json.loads((out / "table2.json").read_text())
+    for a, b in zip(ours, theirs):
+        for key in ("run_dirs", "best_run"):
+            a.pop(key), b.pop(key)
+    assert ours == theirs
+    assert (copy / "curves-jsb.png").is_file()
+
+
+def test_retried_attempt_without_metrics_is_left_out_of_the_report(journal_sweep, tmp_path):
+    out, _ = journal_sweep
+    copy = tmp_path / "runs"
+    shutil.copytree(out / "runs", copy)
+    killed = copy / "jsb" / "gru" / "paper" / "seeds" / "trial-0007"
+    shutil.copytree(copy / "jsb" / "gru" / "paper" / "seeds" / "trial-0000", killed)
+    (killed / "metrics.json").unlink()
+    assert len(records_from_run_dirs(copy)) == 12
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--datasets", "mnist"], "unknown dataset 'mnist'"),
+    (["--trials", "0"], "--trials must be a positive integer, got 0"),
+    (["--storage", "postgresql://me:hunter2@127.0.0.1:1/db"], "cannot connect"),
+    (["--storage", "mysql+nodriver://x/y"], "storage 'mysql+nodriver://x/y'"),
+    (["--storage", "somefile.db"], "expected journal:PATH or a database URL"),
+    (["--cells", "gru", "--workers", "-1"], "--workers must be >= 0"),
+])
+def test_user_mistakes_one_line_status_2(args, message, tiny_data, tmp_path, capsys):
+    assert main(reproduce_args(tmp_path / "out", tiny_data, *args)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gatedrnn: error: ") and message in err and err.count("\n") == 1
+    assert "hunter2" not in err
+
+
+def test_resume_with_other_settings_and_unknown_sweep_are_user_errors(journal_sweep, tiny_data, capsys):
+    out, _ = journal_sweep
+    assert main(reproduce_args(out, tiny_data, "--seeds", "3")) == 2
+    assert "exists in this storage with other settings (seeds" in capsys.readouterr().err
+    assert main(["worker", "--storage", sweep.default_storage(out), "--study", "nope"]) == 2
+    assert "no sweep 'nope'" in capsys.readouterr().err
+    assert main(["report", str(out / "logs")]) == 2
+
+
+# ---------------------------------------------------------------------------------- PostgreSQL
+
+def postgres_bin():
+    for folder in [*os.environ.get("PATH", "").split(os.pathsep),
+                   *sorted(map(str, Path("/usr/lib/postgresql").glob("*/bin")), reverse=True)]:
+        if folder and all((Path(folder) / b).is_file() for b in ("initdb", "pg_ctl", "postgres")):
+            return Path(folder)
+    return None
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL server on a free localhost port (initdb + pg_ctl in a temp dir, as
+    the postgres user when we are root: initdb refuses root)."""
+    folder = postgres_bin()
+    if folder is None:
+        if os.environ.get("GATEDRNN_REQUIRE_POSTGRES"):
+            pytest.fail("GATEDRNN_REQUIRE_POSTGRES is set but no initdb / pg_ctl / postgres found")
+        pytest.skip("PostgreSQL server binaries not found (initdb, pg_ctl, postgres)")
+    as_user = []
+    data = Path(tempfile.mkdtemp(prefix="gatedrnn-pg-"))
+    if os.geteuid() == 0:
+        import pwd
+        user = pwd.getpwnam("postgres")
+        os.chown(data, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def run(*cmd):
+        subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)
+
+    run(str(folder / "initdb"), "-D", str(data / "db"), "-U", "gatedrnn", "--auth=trust",
+        "--no-sync", "-E", "UTF8")
+    run(str(folder / "pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w", "-o",
+        f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    try:
+        yield f"postgresql://gatedrnn@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(folder / "pg_ctl"), "-D", str(data / "db"), "-m",
+                        "immediate", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_postgres_two_workers_each_slot_once_and_a_killed_trial_is_retried(postgres_url, tiny_data, tmp_path):
+    import optuna
+    out = tmp_path / "out"
+    storage = sweep.open_storage(postgres_url, 1, 4)
+    options = {"hidden_size": 4, "batch_size": 64, "epochs": 8, "weight_noise": 0.0,
+               "patience": 20, "data_dir": str(tiny_data)}
+    config = sweep.SweepConfig(name="pg", datasets=["jsb"], cells=["gru"], trials=3, seeds=2,
+                               options=options)
+    assert sweep.create(storage, config) == 3
+    cmd = [sys.executable, "-m", "gatedrnn.cli", "worker", "--storage", postgres_url, "--study",
+           "pg", "--out", str(out), "--heartbeat-interval", "1", "--grace-period", "4", "--poll", "0.3"]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+               for _ in range(2)]
+    try:
+        lr_study = optuna.load_study(study_name="pg/jsb/gru/paper/lr", storage=storage)
+        deadline, victim = time.monotonic() + 120, None
+        while victim is None and time.monotonic() < deadline:    # a trial that is really training
+            for t in lr_study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+                if "worker" in t.user_attrs and (Path(t.user_attrs["run_dir"]) / "curves.csv").exists():
+                    victim = t
+                    break
+            time.sleep(0.05)
+        assert victim is not None, "no trial started training within 120 s"
+        pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
+        killed = next(w for w in workers if w.pid == pid)
+        os.kill(pid, signal.SIGKILL)
+        survivor = next(w for w in workers if w is not killed)
+        output = survivor.communicate(timeout=120)[0].decode()
+        assert survivor.returncode == 0, output
+        assert killed.wait() == -signal.SIGKILL
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+
+    lr_trials = lr_study.get_trials()
+    seeds_trials = optuna.load_study(study_name="pg/jsb/gru/paper/seeds", storage=storage).get_trials()
+    dead = lr_trials[victim.number]
+    assert dead.state.name == "FAIL" and "metrics" not in dead.user_attrs
+    retries = [t for t in lr_trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
+    assert retries[0].user_attrs["slot"] == victim.user_attrs["slot"]
+    for trials, n in ((lr_trials, 3), (seeds_trials, 2)):     # every slot exactly once
+        complete = [t.user_attrs["slot"] for t in trials if t.state.name == "COMPLETE"]
+        assert sorted(complete) == list(range(n))
+        assert all(t.state.name in ("COMPLETE", "FAIL") for t in trials)
+    runs = finished_runs(out)
+    assert len(runs) == 5                                       # 3 lrs + 2 seeds, none twice
+    assert not (Path(victim.user_attrs["run_dir"]) / "metrics.json").exists()
+
+    # the coordinator on the finished sweep: trains nothing, writes the table from the storage
+    before = stamp(runs)
+    assert main(["reproduce", "--storage", postgres_url, "--study", "pg", "--datasets", "jsb",
+                 "--cells", "gru", "--trials", "3", "--seeds", "2", "--out", str(out),
+                 "--data-dir", str(tiny_data), "--hidden-size", "4", "--batch-size", "64",
+                 "--epochs", "8", "--weight-noise", "0", "--patience", "20", "--workers", "0",
+                 "--poll", "0.2"]) == 0
+    row = json.loads((out / "table2.json").read_text())[0]
+    assert row["seeds"] == 2 and stamp(finished_runs(out)) == before
+    assert math.isfinite(row["test_nll_mean"])
