@@ -353,13 +353,13 @@ def train_epoch(model, optimizer, config, batches, epoch, updates, stop=None, pr
     for i, batch in enumerate(batches):
         state = None
         for chunk in batch.chunks(config.tbptt):
+            if stop is not None and stop.signal:    # set during the last update, or before
+                return updates, stop.signal
             try:
                 _, state = train_step(model, optimizer, chunk, config.clip_norm, state)
             except NonFiniteLoss as e:
                 raise NonFiniteLoss(f"{e} at epoch {epoch}, update {updates + 1}") from None
             updates += 1
-            if stop is not None and stop.signal:
-                return updates, stop.signal
         if progress:
             progress(epoch, i + 1, len(batches))
     return updates, None
