@@ -88,15 +88,19 @@ class TrainConfig:
                            weight_noise=self.weight_noise)
 
     @classmethod
-    def from_dict(cls, d):
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+    def from_dict(cls, d, source="config"):
+        """A TrainConfig from a saved dict; every problem is a UserError naming ``source``."""
+        if not isinstance(d, dict):
+            raise UserError(f"{source}: the settings are {type(d).__name__}, expected a JSON object")
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise UserError(f"unknown config keys {sorted(unknown)}")
+            raise UserError(f"{source}: unknown config keys {sorted(unknown)}")
         try:
             return cls(**d)
-        except TypeError as e:                      # a value of the wrong type in a saved config
-            raise UserError(f"bad config value ({describe(e)})") from None
+        except UserError as e:
+            raise UserError(f"{source}: {e}") from None
+        except TypeError as e:                      # a value of the wrong type
+            raise UserError(f"{source}: bad config value ({describe(e)})") from None
 
 
 class PaperRMSprop(torch.optim.Optimizer):
@@ -172,9 +176,13 @@ def evaluate(model, batches):
 
 
 def build_model(config):
-    """The model of ``config``, initialised from its seed; a UserError if it cannot fit in memory."""
+    """The model of ``config``, initialised from its seed."""
     torch.manual_seed(config.seed)
-    mc = config.model_config()
+    return new_model(config.model_config())
+
+
+def new_model(mc: ModelConfig):
+    """SequenceModel(mc), or a UserError if it cannot fit in this machine's memory."""
     params = recurrent_params(mc.cell, mc.input_size, mc.hidden_size)
     need = 6 * 4 * params          # float32 weights, gradients, 2 optimizer buffers, noise, best copy
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -488,10 +496,13 @@ def load_run(run_dir):
         raise UserError(f"{run_dir}: run directory not found")
     saved = rundir.read_json(run_dir / rundir.CONFIG)
     try:
-        config = TrainConfig.from_dict(saved["train"])
-        model = SequenceModel(ModelConfig(**saved["model"]))
+        config = TrainConfig.from_dict(saved["train"], run_dir / rundir.CONFIG)
+        model_config = ModelConfig(**saved["model"])
     except (KeyError, TypeError) as e:
-        raise UserError(f"{run_dir / rundir.CONFIG}: not a gatedrnn run config ({e})") from None
+        raise UserError(f"{run_dir / rundir.CONFIG}: not a gatedrnn run config ({describe(e)})") from None
+    except UserError as e:
+        raise UserError(f"{run_dir / rundir.CONFIG}: {e}") from None
+    model = new_model(model_config)
     state, _ = rundir.load_model(run_dir / rundir.MODEL)
     try:
         model.load_state_dict(state)
