@@ -17,10 +17,10 @@ Splits of FSDD: the official test takes 0-4, validation takes 5-9, training take
 recording is in exactly one split. Amplitudes are normalised with the mean and standard
 deviation of the training split's samples only (``fit_normalization``).
 """
+import io
 import math
 import os
 import re
-import struct
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,13 +58,17 @@ def read_wav(path, sample_rate=FSDD_RATE):
     """A mono integer-PCM WAV file as float32 in [-1, 1), resampled to ``sample_rate`` if needed."""
     path = Path(path)
     try:
-        with wave.open(str(path), "rb") as w:
+        data = path.read_bytes()        # parsed from memory: no read past the bytes really there
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({describe(e)})") from None
+    try:
+        with wave.open(io.BytesIO(data), "rb") as w:
             channels, width, rate, n = (w.getnchannels(), w.getsampwidth(), w.getframerate(),
                                         w.getnframes())
             raw = w.readframes(n)
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except (wave.Error, EOFError, OSError, ValueError, struct.error) as e:
+    except Exception as e:  # the wave module raises Error, EOFError, struct.error, RuntimeError, ...
         raise UserError(f"{path}: not a readable PCM WAV file ({describe(e)})") from None
     if channels != 1:
         raise UserError(f"{path}: {channels} channels, expected mono")
