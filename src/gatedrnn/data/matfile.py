@@ -161,7 +161,7 @@ def _matrix(body, order, depth):
 
 def _children(body, pos, order, count, depth):
     """``count`` miMATRIX elements following ``pos``."""
-    if count > len(body) - pos:                          # each child needs at least 8 bytes
+    if 8 * count > len(body) - pos:                      # each child needs at least 8 bytes
         raise MatError(f"{count} elements declared, only {len(body) - pos} bytes left")
     out = []
     for _ in range(count):
@@ -171,8 +171,9 @@ def _children(body, pos, order, count, depth):
 
 
 def _cell(body, pos, order, dims, count, depth):
+    children = _children(body, pos, order, count, depth)   # checks count before allocating
     cells = np.empty(count, dtype=object)
-    for i, value in enumerate(_children(body, pos, order, count, depth)):
+    for i, value in enumerate(children):
         cells[i] = value                                 # one by one: never broadcast
     return cells.reshape(dims, order="F")
 

@@ -119,8 +119,14 @@ def read_mat(path) -> dict[str, list[np.ndarray]]:
     return splits
 
 
-class _PlainUnpickler(pickle.Unpickler):
-    """Builds dicts, lists, tuples, strings and numbers; refuses every global (class, function)."""
+class _PlainUnpickler(pickle._Unpickler):
+    """Builds dicts, lists, tuples, strings and numbers; refuses every global (class, function).
+
+    The pure-Python unpickler, not the C one: the C unpickler sizes its memo table from the
+    index in the file (a 4-byte LONG_BINPUT index makes it allocate gigabytes); this one keeps
+    the memo in a dict. Every opcode that could import or call (GLOBAL, STACK_GLOBAL, INST,
+    OBJ, REDUCE, NEWOBJ, EXT1/2/4) goes through find_class, which refuses; persistent ids and
+    out-of-band buffers are refused by the unpickler itself."""
 
     def __init__(self, file, path):
         super().__init__(file, encoding="latin1")  # Python 2 cPickle str -> str

@@ -81,10 +81,19 @@ def read_wav(path, sample_rate=FSDD_RATE):
         raise UserError(f"{path}: holds no audio samples")
     x = _pcm_to_float(raw[:frames * width], width)
     if rate != sample_rate:
-        from scipy.signal import resample_poly
-        g = math.gcd(rate, sample_rate)
-        x = resample_poly(x, sample_rate // g, rate // g).astype(np.float32)
+        x = _resample(x, rate, sample_rate)
     return x
+
+
+def _resample(x, rate, to):
+    """Polyphase filtering for the usual rate pairs (44100 -> 8000 is 80 / 441); an FFT for odd
+    ones like 8001 Hz, whose polyphase filter would have millions of taps."""
+    from scipy.signal import resample, resample_poly
+    g = math.gcd(rate, to)
+    up, down = to // g, rate // g
+    if max(up, down) <= 1000:
+        return resample_poly(x, up, down).astype(np.float32)
+    return resample(x, max(1, round(len(x) * to / rate))).astype(np.float32)
 
 
 def _pcm_to_float(raw, width):
