@@ -23,7 +23,6 @@ from gatedrnn.cli import main
 from gatedrnn.errors import UserError
 from gatedrnn.train import NonFiniteLoss, TrainConfig, train
 
-SRC = str(train_module.__file__).rsplit("/gatedrnn/", 1)[0]     # this checkout's src/
 EPOCHS = 8
 ARGS = ["train", "--dataset", "jsb", "--cell", "gru", "--hidden-size", "4", "--batch-size", "8",
         "--epochs", str(EPOCHS), "--seed", "3", "--deterministic"]
@@ -58,7 +57,7 @@ def reference(tiny_jsb, tmp_path_factory):
 
 
 def cli_process(*args):
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}       # conftest.py points PYTHONPATH here
     return subprocess.Popen([sys.executable, "-m", "gatedrnn.cli", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
@@ -106,10 +105,10 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(ti
     args = [*ARGS, "--data-dir", tiny_jsb, "--run-dir", run]
     rng = random.Random(1)
     epochs_at_kill = []
-    # once during start-up (before or while the run directory is set up), then three times in
+    # once during start-up (before or while the run directory is set up), then twice in
     # the middle of training: a random moment after the process has completed a new epoch,
     # which lands inside updates, evaluation or the writing of checkpoint and result files
-    for round_ in range(4):
+    for round_ in range(3):
         before = checkpoint_epoch(run)
         p = cli_process(*args, *(["--resume"] if (run / "config.json").exists() else []))
         if round_ == 0:
@@ -191,6 +190,17 @@ def test_resume_of_a_finished_run_changes_nothing(tiny_jsb, reference, tmp_path)
     run, metrics = reference
     again = train(config(tiny_jsb), run, log=lambda s: None, resume=True)
     assert without_seconds(again) == without_seconds(metrics)
+
+
+def test_compare_resume_continues_each_unit(tiny_jsb, tmp_path):
+    from gatedrnn.train import compare
+    base = config(tiny_jsb, epochs=2)
+    first = compare(base, tmp_path, cells=("tanh",), log=lambda s: None)
+    with pytest.raises(UserError, match="already holds a run"):
+        compare(base, tmp_path, cells=("tanh",), log=lambda s: None)
+    again = compare(base, tmp_path, cells=("tanh", "gru"), log=lambda s: None, resume=True)
+    assert without_seconds(again["tanh"]) == without_seconds(first["tanh"])
+    assert again["gru"]["epochs"] == 2                     # not started before: started now
 
 
 # -- refusals ----------------------------------------------------------------------------------
