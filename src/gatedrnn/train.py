@@ -495,14 +495,15 @@ def load_run(run_dir):
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run directory not found")
     saved = rundir.read_json(run_dir / rundir.CONFIG)
+    source = run_dir / rundir.CONFIG
     try:
-        config = TrainConfig.from_dict(saved["train"], run_dir / rundir.CONFIG)
-        model_config = ModelConfig(**saved["model"])
+        config = TrainConfig.from_dict(saved["train"], source)
+        try:
+            model = new_model(ModelConfig(**saved["model"]))
+        except UserError as e:
+            raise UserError(f"{source}: {e}") from None
     except (KeyError, TypeError) as e:
-        raise UserError(f"{run_dir / rundir.CONFIG}: not a gatedrnn run config ({describe(e)})") from None
-    except UserError as e:
-        raise UserError(f"{run_dir / rundir.CONFIG}: {e}") from None
-    model = new_model(model_config)
+        raise UserError(f"{source}: not a gatedrnn run config ({describe(e)})") from None
     state, _ = rundir.load_model(run_dir / rundir.MODEL)
     try:
         model.load_state_dict(state)
