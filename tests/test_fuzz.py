@@ -30,7 +30,8 @@ settings.register_profile("ci", max_examples=150, **COMMON)
 settings.register_profile("campaign", max_examples=3000, **COMMON)
 PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 SECONDS = 20.0      # one read of a few-KB file takes milliseconds; generous for a loaded machine
-WORK = Path(tempfile.mkdtemp(prefix="gatedrnn-fuzz-"))
+_WORK = tempfile.TemporaryDirectory(prefix="gatedrnn-fuzz-")   # removed at exit
+WORK = Path(_WORK.name)
 
 
 def seed_mat(compress):
