@@ -333,8 +333,9 @@ def _fit(config, run_dir, data, saved, log, progress, stop):
             st.updates, stopped = train_epoch(model, optimizer, config, batches, epoch,
                                               st.updates, stop, progress)
             if stopped:
-                log(f"stopped by {stopped} in epoch {epoch}; the best model and the checkpoint "
-                    f"after epoch {st.epoch} are kept")
+                log(f"stopped by {stopped} in epoch {epoch}; " + (
+                    f"the best model and the checkpoint after epoch {st.epoch} are kept"
+                    if st.epoch else "no epoch completed, nothing saved but the config"))
                 return run_metrics(model, fixed, st, data, run_dir, best_weights, start,
                                    {"reason": stopped, "epoch": epoch, "update": st.updates})
             improved = score_epoch(model, fixed, config, st, epoch, start)
