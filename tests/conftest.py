@@ -9,6 +9,10 @@ torch.set_num_threads(1)   # as the CLI does: faster for these tiny models on a 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("GATEDRNN_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
+# CLI subprocesses import the gatedrnn these tests import, from any working directory
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(Path(__import__("gatedrnn").__file__).resolve().parent.parent),
+     *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 
 @pytest.fixture(scope="session")

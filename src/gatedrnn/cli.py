@@ -45,6 +45,11 @@ def add_train_options(p, defaults, sweep=False):
     p.add_argument("--sample-rate", type=int, default=d["sample_rate"],
                    help=f"speech wav:DIR: resample files to this rate (default {d['sample_rate']} Hz)")
     p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument("--deterministic", action="store_true",
+                   help="torch.use_deterministic_algorithms and one thread: the same seed gives "
+                   "bit-identical results")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in the run directory (same arguments)")
     p.add_argument("--data-dir", help="directory holding the dataset files (music: the .mat or "
                    ".pickle files; fsdd: the directory holding recordings/; default: "
                    "$GATEDRNN_DATA_DIR, else the download cache)")
@@ -57,7 +62,7 @@ def train_config(args, **extra):
                        patience=args.patience, weight_noise=args.weight_noise, seed=args.seed,
                        tbptt=args.tbptt, components=args.components, sample_rate=args.sample_rate,
                        data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
-                       **extra)
+                       deterministic=args.deterministic, **extra)
 
 
 class Progress:
@@ -90,15 +95,24 @@ class Progress:
             self.bar = None
 
 
+def exit_status(metrics):
+    """0, or 128 + the signal number when a signal stopped training (130 for Ctrl-C)."""
+    import signal
+    reason = metrics.get("stopped", {}).get("reason", "")
+    return 128 + signal.Signals[reason].value if reason.startswith("SIG") else 0
+
+
 def cmd_train(args):
     from .train import train
     config = train_config(args, cell=args.cell)
     progress = Progress(config.epochs)
     try:
-        metrics = train(config, args.run_dir, log=progress.log, progress=progress.update)
+        metrics = train(config, args.run_dir, log=progress.log, progress=progress.update,
+                        resume=args.resume)
     finally:
         progress.close()
     print(json.dumps(metrics, indent=2))
+    return exit_status(metrics)
 
 
 def cmd_compare(args):
@@ -108,9 +122,14 @@ def cmd_compare(args):
     out = Path(args.out or f"runs/compare-{args.dataset}")
     progress = Progress(config.epochs)
     try:
-        results = compare(config, out, cells=args.cells, log=progress.log, progress=progress.update)
+        results = compare(config, out, cells=args.cells, log=progress.log,
+                          progress=progress.update, resume=args.resume)
     finally:
         progress.close()
+    stopped = [exit_status(m) for m in results.values() if exit_status(m)]
+    if stopped:
+        print(f"stopped; continue with the same command and --resume (run directories in {out})")
+        return stopped[0]
     from .report import PAPER_DATASET
     paper = f"; the paper's columns are {PAPER_DATASET[args.dataset]}" if args.dataset in PAPER_DATASET else ""
     print(f"\n{args.dataset}: NLL in nats per time step (run directories in {out}{paper})\n")
@@ -324,20 +343,24 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         set_threads()
-        args.func(args)
+        status = args.func(args)
     except UserError as e:
         print(f"gatedrnn: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gatedrnn: interrupted", file=sys.stderr)
         return 130
+    except (OSError, MemoryError) as e:                 # the machine's, not the user's: status 1
+        from .errors import describe
+        print(f"gatedrnn: error: {describe(e)}", file=sys.stderr)
+        return 1
     except RuntimeError as e:
         from .train import NonFiniteLoss
         if isinstance(e, NonFiniteLoss):
             print(f"gatedrnn: error: {e}", file=sys.stderr)
             return 1
         raise
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

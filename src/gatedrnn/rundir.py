@@ -1,23 +1,30 @@
-"""A run directory on disk: config.json, metrics.json, curves.csv, model.safetensors.
+"""A run directory on disk: config.json, metrics.json, curves.csv, model.safetensors, and
+checkpoint.safetensors (everything needed to resume after the last completed epoch).
 
 Every file is written to a temporary name in the same directory, flushed, fsynced and renamed
-into place, so a reader never sees a half-written file. Models are safetensors (no pickles),
-with the model config in the file's metadata so the model can be rebuilt from the file alone.
+into place (then the directory is fsynced), so a reader never sees a half-written file, not
+even after a crash. Models and checkpoints are safetensors (no pickles) with JSON metadata:
+the model config, so the model can be rebuilt from the file alone; the run's state, so a run
+can continue. ``locked(run_dir)`` holds an exclusive lock on run.lock while a process trains.
 """
 import csv
+import fcntl
 import io
 import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import UserError
+from .errors import UserError, describe
 
 CONFIG, METRICS, CURVES, MODEL = "config.json", "metrics.json", "curves.csv", "model.safetensors"
+CHECKPOINT, LOCK = "checkpoint.safetensors", "run.lock"
+RUN_FILES = (CONFIG, METRICS, CURVES, MODEL, CHECKPOINT)
 
 
 def atomic_write(path, write):
@@ -33,6 +40,11 @@ def atomic_write(path, write):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)       # make the rename itself durable
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def write_text(path, text):
@@ -47,6 +59,7 @@ def write_json(path, obj):
 
 
 def write_csv(path, rows):
+    _check_finite(rows, path)
     buf = io.StringIO()
     if rows:
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -73,17 +86,71 @@ def save_model(path, state_dict, config):
 
 def load_model(path):
     """(state_dict, config dict) from a file written by save_model."""
+    return _load(path, "config", "safetensors model")
+
+
+def _load(path, key, what):
+    """(tensors, metadata[key] parsed as JSON) of a safetensors file; UserError if unreadable."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: model file not found")
+        raise UserError(f"{path}: {what.split()[-1]} file not found")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-        state = load_file(str(path))
-        config = json.loads(metadata["config"])
-    except (SafetensorError, OSError, KeyError, ValueError) as e:
-        raise UserError(f"{path}: not a gatedrnn safetensors model ({e})") from None
-    return state, config
+        tensors = load_file(str(path))
+        value = json.loads(metadata[key])
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path}: not a gatedrnn {what} ({describe(e)})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: not a gatedrnn {what} (its {key} metadata is not a JSON object)")
+    return tensors, value
+
+
+# -- checkpoints: {part: {name: tensor}} flattened to "part/name", the run's state as JSON ---------
+
+def save_checkpoint(path, parts, state):
+    """``parts`` {"model": state_dict, "optimizer": {...}, ...}; ``state`` a JSON-able dict."""
+    _check_finite(state, path)
+    tensors = {f"{part}/{name}": t.detach().cpu().contiguous()
+               for part, named in parts.items() for name, t in named.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp,
+                                             metadata={"checkpoint": json.dumps(state)}))
+
+
+def load_checkpoint(path):
+    """(parts, state) from a file written by save_checkpoint."""
+    tensors, state = _load(path, "checkpoint", "checkpoint")
+    parts = {}
+    for key, t in tensors.items():
+        part, _, name = key.partition("/")
+        parts.setdefault(part, {})[name] = t
+    return parts, state
+
+
+def holds_run(run_dir):
+    """The run files already in ``run_dir`` (empty if none)."""
+    return [name for name in RUN_FILES if (Path(run_dir) / name).exists()]
+
+
+@contextmanager
+def locked(run_dir):
+    """Hold an exclusive lock on run_dir/run.lock; a second process gets a UserError at once.
+    The lock goes with the process, however it ends (the kernel releases it). Temporary files
+    a killed process left behind are removed once the lock is held."""
+    path = Path(run_dir) / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise UserError(f"{run_dir}: another process is training into this run directory "
+                        f"(it holds {LOCK}); wait for it or choose another directory") from None
+    try:
+        for stale in Path(run_dir).glob(".*.tmp"):  # left by a process killed mid-write
+            stale.unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _check_finite(obj, path):

@@ -7,18 +7,22 @@ kept and used for the test NLL. NLL is in nats per time step: summed over the ou
 averaged over all time steps of a split.
 """
 import math
+import os
+import signal
+import threading
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import rundir
-from .cells import CELLS, VARIANTS
+from .cells import CELLS, VARIANTS, recurrent_params
 from .data import Data, load_data, task_of
 from .data.batching import length_sorted_batches
-from .errors import UserError
+from .errors import UserError, describe
 from .model import TABLE1_UNITS, ModelConfig, SequenceModel
 
 
@@ -44,6 +48,7 @@ class TrainConfig:
     sample_rate: int = 8000         # speech (wav:DIR): files at other rates are resampled to it
     seed: int = 0
     data_dir: str | None = None     # directory holding the dataset files; None: env or cache
+    deterministic: bool = False     # torch.use_deterministic_algorithms, one thread
 
     def __post_init__(self):
         task_of(self.dataset)
@@ -83,12 +88,19 @@ class TrainConfig:
                            weight_noise=self.weight_noise)
 
     @classmethod
-    def from_dict(cls, d):
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+    def from_dict(cls, d, source="config"):
+        """A TrainConfig from a saved dict; every problem is a UserError naming ``source``."""
+        if not isinstance(d, dict):
+            raise UserError(f"{source}: the settings are {type(d).__name__}, expected a JSON object")
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise UserError(f"unknown config keys {sorted(unknown)}")
-        return cls(**d)
+            raise UserError(f"{source}: unknown config keys {sorted(unknown)}")
+        try:
+            return cls(**d)
+        except UserError as e:
+            raise UserError(f"{source}: {e}") from None
+        except TypeError as e:                      # a value of the wrong type
+            raise UserError(f"{source}: bad config value ({describe(e)})") from None
 
 
 class PaperRMSprop(torch.optim.Optimizer):
@@ -164,81 +176,296 @@ def evaluate(model, batches):
 
 
 def build_model(config):
+    """The model of ``config``, initialised from its seed."""
     torch.manual_seed(config.seed)
-    return SequenceModel(config.model_config())
+    return new_model(config.model_config())
 
 
-def train(config: TrainConfig, run_dir, examples=None, log=print, progress=None):
+def new_model(mc: ModelConfig):
+    """SequenceModel(mc), or a UserError if it cannot fit in this machine's memory."""
+    params = recurrent_params(mc.cell, mc.input_size, mc.hidden_size)
+    need = 6 * 4 * params          # float32 weights, gradients, 2 optimizer buffers, noise, best copy
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > memory:
+        raise UserError(f"hidden_size {mc.hidden_size}: the model needs {params:,} parameters "
+                        f"(about {need / 2**30:,.0f} GiB to train), more than this machine's "
+                        f"{memory / 2**30:.0f} GiB of memory")
+    try:
+        return SequenceModel(mc)
+    except (MemoryError, RuntimeError) as e:
+        raise UserError(f"hidden_size {mc.hidden_size}: cannot allocate the model "
+                        f"({describe(e)[:200]})") from None
+
+
+@dataclass
+class RunState:
+    """Where a run stands after its last completed epoch (a checkpoint's JSON part)."""
+    epoch: int = 0                  # completed epochs
+    updates: int = 0
+    since_best: int = 0             # epochs since the best validation NLL
+    seconds: float = 0.0            # training wall-clock so far, across resumptions
+    best: dict | None = None        # NLLs at the best epoch
+    curves: list = field(default_factory=list)
+
+    def finished(self, config):
+        return self.epoch >= config.epochs or bool(
+            config.patience and self.since_best >= config.patience)
+
+
+class StopRequest:
+    """SIGINT / SIGTERM set ``signal``; training stops at the end of the current update. A
+    second SIGINT raises KeyboardInterrupt at once (the last checkpoint is still intact)."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __call__(self, signum, frame):
+        if self.signal == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+
+@contextmanager
+def stop_on_signals():
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop                  # signal handlers can only be set from the main thread
+        return
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def deterministic(enabled):
+    """torch.use_deterministic_algorithms and one thread while training, if ``enabled``."""
+    if not enabled:
+        yield
+        return
+    was = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was[0])
+        torch.set_num_threads(was[1])
+
+
+def train(config: TrainConfig, run_dir, examples=None, log=print, progress=None, resume=False):
     """Train one model into ``run_dir``; returns the metrics dict also written to metrics.json.
 
     ``examples`` (a data.Data, or {split: [(inputs, targets)]}) skips loading the dataset;
     ``log`` gets one line per epoch; ``progress`` (optional) is called as
-    progress(epoch, batch, batches_per_epoch).
+    progress(epoch, batch, batches_per_epoch). After every epoch a checkpoint is written;
+    ``resume=True`` continues the run in ``run_dir`` from it (same config required), else a
+    directory that already holds a run is refused. SIGINT / SIGTERM stop at the end of the
+    current update: the best model so far is kept, metrics get a "stopped" entry. A non-finite
+    loss raises NonFiniteLoss, naming epoch and update, after the same clean-up.
     """
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: exists and is not a directory; expected a run directory")
+    if resume and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: nothing to resume (no such directory); run without --resume")
     run_dir.mkdir(parents=True, exist_ok=True)
-    data = _as_data(config, examples)
-    examples = data.examples
+    with rundir.locked(run_dir), stop_on_signals() as stop, deterministic(config.deterministic):
+        saved = _check_resume(config, run_dir) if resume else _check_fresh(run_dir)
+        return _fit(config, run_dir, _as_data(config, examples), saved, log, progress, stop)
+
+
+def _check_fresh(run_dir):
+    found = rundir.holds_run(run_dir)
+    if found:
+        raise UserError(f"{run_dir} already holds a run ({', '.join(found)}); use --resume to "
+                        "continue it, or choose another run directory")
+    return None
+
+
+def _check_resume(config, run_dir):
+    """The checkpoint to continue from (None: no epoch completed yet), after checking that
+    ``run_dir`` holds a run with the same settings."""
+    if not (run_dir / rundir.CONFIG).is_file():
+        raise UserError(f"{run_dir}: nothing to resume (no {rundir.CONFIG}); run without --resume")
+    saved = rundir.read_json(run_dir / rundir.CONFIG)
+    if not isinstance(saved, dict) or not isinstance(saved.get("train"), dict):
+        raise UserError(f"{run_dir / rundir.CONFIG}: not a gatedrnn run config")
+    _same_settings(config, saved["train"], run_dir / rundir.CONFIG)
+    if not (run_dir / rundir.CHECKPOINT).is_file():
+        return None
+    parts, state = rundir.load_checkpoint(run_dir / rundir.CHECKPOINT)
+    _same_settings(config, state.get("train", {}), run_dir / rundir.CHECKPOINT)
+    return parts, state
+
+
+def _same_settings(config, saved, source):
+    given = asdict(config)
+    differ = sorted(k for k in set(given) | set(saved) if given.get(k) != saved.get(k))
+    if differ:
+        detail = ", ".join(f"{k} (saved {saved.get(k)!r}, given {given.get(k)!r})" for k in differ)
+        raise UserError(f"{source}: --resume with different settings: {detail}; use the run's "
+                        "settings, or another run directory")
+
+
+def _fit(config, run_dir, data, saved, log, progress, stop):
+    """The training loop of train(): epochs until done, stopped, or non-finite."""
     model = build_model(config)
     optimizer = PaperRMSprop(model.parameters(), config.lr, config.momentum, config.rms_decay,
                              config.rms_floor)
-    rng = np.random.default_rng(config.seed)
-    fixed = {s: length_sorted_batches(examples[s], config.eval_batch_size) for s in examples}
+    rng = np.random.default_rng(config.seed)       # batch order
+    fixed = {s: length_sorted_batches(ex, config.eval_batch_size) for s, ex in data.examples.items()}
     run_config = {"train": asdict(config), "model": config.model_config().to_dict(),
                   "normalization": data.normalization, "backend": "reference",
                   "torch": torch.__version__}
-    rundir.write_json(run_dir / rundir.CONFIG, run_config)
+    if saved is None:
+        rundir.write_json(run_dir / rundir.CONFIG, run_config)
+        st, best_weights = RunState(), None
+    else:
+        st, best_weights = restore_checkpoint(saved, run_dir, model, optimizer, rng, run_config)
+    start = time.perf_counter() - st.seconds
+    try:
+        while not st.finished(config):
+            epoch = st.epoch + 1
+            batches = length_sorted_batches(data.examples["train"], config.batch_size, rng)
+            st.updates, stopped = train_epoch(model, optimizer, config, batches, epoch,
+                                              st.updates, stop, progress)
+            if stopped:
+                log(f"stopped by {stopped} in epoch {epoch}; " + (
+                    f"the best model and the checkpoint after epoch {st.epoch} are kept"
+                    if st.epoch else "no epoch completed, nothing saved but the config"))
+                return run_metrics(model, fixed, st, data, run_dir, best_weights, start,
+                                   {"reason": stopped, "epoch": epoch, "update": st.updates})
+            improved = score_epoch(model, fixed, config, st, epoch, start)
+            if improved:
+                best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            save_epoch(run_dir, model, optimizer, rng, st, best_weights, run_config, improved)
+            log(f"epoch {epoch:3d}  train {st.curves[-1]['train_nll']:.3f}  valid "
+                f"{st.curves[-1]['valid_nll']:.3f}{'  *' if improved else ''}  "
+                f"({st.curves[-1]['seconds']:.0f} s)")
+    except NonFiniteLoss as e:
+        kept = (f"the best model (epoch {st.best['epoch']}) is kept in {run_dir}" if st.best
+                else "no epoch completed, so no model was saved")
+        run_metrics(model, fixed, st, data, run_dir, best_weights, start,
+                    {"reason": "non-finite", "error": str(e)})
+        raise NonFiniteLoss(f"{e}; {kept}") from None
+    return run_metrics(model, fixed, st, data, run_dir, best_weights, start)
 
-    curves, best, updates, since_best = [], None, 0, 0
-    start = time.perf_counter()
-    for epoch in range(1, config.epochs + 1):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(config, epoch)
-        batches = length_sorted_batches(examples["train"], config.batch_size, rng)
-        for i, batch in enumerate(batches):
-            state = None
-            for chunk in batch.chunks(config.tbptt):
-                try:
-                    _, state = train_step(model, optimizer, chunk, config.clip_norm, state)
-                except NonFiniteLoss as e:
-                    raise NonFiniteLoss(f"{e} at epoch {epoch}, update {updates + 1}; best model "
-                                        f"so far kept in {run_dir}") from None
-                updates += 1
-            if progress:
-                progress(epoch, i + 1, len(batches))
-        train_m, valid_m = evaluate(model, fixed["train"]), evaluate(model, fixed["valid"])
-        seconds = time.perf_counter() - start
-        curves.append({"epoch": epoch, "updates": updates, "seconds": round(seconds, 3),
-                       "lr": lr_at(config, epoch), "train_nll": train_m["nll"],
-                       "valid_nll": valid_m["nll"]})
-        improved = best is None or valid_m["nll"] < best["valid_nll"]
-        if improved:
-            best = {"epoch": epoch, "train_nll": train_m["nll"], "valid_nll": valid_m["nll"],
-                    "train_nll_per_sequence": train_m["nll_per_sequence"],
-                    "valid_nll_per_sequence": valid_m["nll_per_sequence"]}
-            rundir.save_model(run_dir / rundir.MODEL, model.state_dict(), run_config)
-            since_best = 0
-        else:
-            since_best += 1
-        rundir.write_csv(run_dir / rundir.CURVES, curves)
-        log(f"epoch {epoch:3d}  train {train_m['nll']:.3f}  valid {valid_m['nll']:.3f}"
-            f"{'  *' if improved else ''}  ({seconds:.0f} s)")
-        if config.patience and since_best >= config.patience:
-            break
 
-    state, _ = rundir.load_model(run_dir / rundir.MODEL)
-    model.load_state_dict(state)
+def train_epoch(model, optimizer, config, batches, epoch, updates, stop=None, progress=None):
+    """One epoch of updates -> (update count after it, the signal name if a stop was requested:
+    the epoch is then left incomplete, ended at an update boundary)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(config, epoch)
+    for i, batch in enumerate(batches):
+        state = None
+        for chunk in batch.chunks(config.tbptt):
+            if stop is not None and stop.signal:    # set during the last update, or before
+                return updates, stop.signal
+            try:
+                _, state = train_step(model, optimizer, chunk, config.clip_norm, state)
+            except NonFiniteLoss as e:
+                raise NonFiniteLoss(f"{e} at epoch {epoch}, update {updates + 1}") from None
+            updates += 1
+        if progress:
+            progress(epoch, i + 1, len(batches))
+    return updates, None
+
+
+def score_epoch(model, fixed, config, st, epoch, start):
+    """Evaluate after ``epoch``, append to the curves, track the best; True if it improved."""
+    train_m, valid_m = evaluate(model, fixed["train"]), evaluate(model, fixed["valid"])
+    for split, m in (("training", train_m), ("validation", valid_m)):
+        if not math.isfinite(m["nll"]):
+            raise NonFiniteLoss(f"{split} NLL is {m['nll']} after epoch {epoch}, update {st.updates}")
+    st.epoch, st.seconds = epoch, time.perf_counter() - start
+    st.curves.append({"epoch": epoch, "updates": st.updates, "seconds": round(st.seconds, 3),
+                      "lr": lr_at(config, epoch), "train_nll": train_m["nll"],
+                      "valid_nll": valid_m["nll"]})
+    improved = st.best is None or valid_m["nll"] < st.best["valid_nll"]
+    if improved:
+        st.best = {"epoch": epoch, "train_nll": train_m["nll"], "valid_nll": valid_m["nll"],
+                   "train_nll_per_sequence": train_m["nll_per_sequence"],
+                   "valid_nll_per_sequence": valid_m["nll_per_sequence"]}
+        st.since_best = 0
+    else:
+        st.since_best += 1
+    return improved
+
+
+def save_epoch(run_dir, model, optimizer, rng, st, best_weights, run_config, improved):
+    """The checkpoint first (it alone is enough to resume), then the files derived from it."""
+    parts = {"model": model.state_dict(), "best": best_weights,
+             "optimizer": optimizer_tensors(optimizer), "rng": {"torch": torch.get_rng_state()}}
+    state = asdict(st) | {"numpy_rng": rng.bit_generator.state, "train": run_config["train"]}
+    rundir.save_checkpoint(run_dir / rundir.CHECKPOINT, parts, state)
+    if improved:
+        rundir.save_model(run_dir / rundir.MODEL, best_weights, run_config)
+    rundir.write_csv(run_dir / rundir.CURVES, st.curves)
+
+
+def optimizer_tensors(optimizer):
+    """PaperRMSprop's buffers by parameter index: {"3.ms": ..., "3.v": ...}."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    return {f"{i}.{k}": v for i, p in enumerate(params) for k, v in optimizer.state[p].items()}
+
+
+def restore_checkpoint(saved, run_dir, model, optimizer, rng, run_config):
+    """Load a checkpoint into model, optimizer and the RNGs, rewrite the files derived from it;
+    (RunState, best weights). A checkpoint that does not fit is a UserError."""
+    parts, state = saved
+    path = run_dir / rundir.CHECKPOINT
+    try:
+        st = RunState(**{f.name: state[f.name] for f in fields(RunState)})
+        if not (isinstance(st.epoch, int) and isinstance(st.updates, int)
+                and isinstance(st.curves, list) and len(st.curves) == st.epoch >= 1
+                and isinstance(st.best, dict)):
+            raise ValueError("inconsistent run state")
+        model.load_state_dict(parts["model"])
+        best = SequenceModel(model.config)
+        best.load_state_dict(parts["best"])
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        buffers = parts.get("optimizer", {})
+        if set(buffers) != {f"{i}.{k}" for i in range(len(params)) for k in ("ms", "v")}:
+            raise ValueError("optimizer buffers do not match the model's parameters")
+        for i, p in enumerate(params):
+            for k in ("ms", "v"):
+                if buffers[f"{i}.{k}"].shape != p.shape:
+                    raise ValueError(f"optimizer buffer {i}.{k} has the wrong shape")
+            optimizer.state[p] = {k: buffers[f"{i}.{k}"].to(p.dtype) for k in ("ms", "v")}
+        torch.set_rng_state(parts["rng"]["torch"])
+        rng.bit_generator.state = state["numpy_rng"]
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path}: not a usable checkpoint of this run ({describe(e)[:300]})") from None
+    rundir.save_model(run_dir / rundir.MODEL, parts["best"], run_config)
+    rundir.write_csv(run_dir / rundir.CURVES, st.curves)
+    return st, parts["best"]
+
+
+def run_metrics(model, fixed, st, data, run_dir, best_weights, start, stopped=None):
+    """The best model's test NLL and the run's summary, written to metrics.json (with
+    ``stopped`` when training ended early). Nothing is written before a completed epoch."""
+    if st.best is None:
+        return {"stopped": stopped} if stopped else {}
+    model.load_state_dict(best_weights)
     test_m = evaluate(model, fixed["test"])
+    b = st.best
     metrics = {
-        "train_nll": best["train_nll"], "valid_nll": best["valid_nll"], "test_nll": test_m["nll"],
-        "train_nll_per_sequence": best["train_nll_per_sequence"],
-        "valid_nll_per_sequence": best["valid_nll_per_sequence"],
+        "train_nll": b["train_nll"], "valid_nll": b["valid_nll"], "test_nll": test_m["nll"],
+        "train_nll_per_sequence": b["train_nll_per_sequence"],
+        "valid_nll_per_sequence": b["valid_nll_per_sequence"],
         "test_nll_per_sequence": test_m["nll_per_sequence"],
-        "best_epoch": best["epoch"], "epochs": len(curves), "updates": updates,
+        "best_epoch": b["epoch"], "epochs": len(st.curves), "updates": st.updates,
         "params": model.num_params(), "recurrent_params": model.recurrent_params(),
         "seconds": round(time.perf_counter() - start, 3), "backend": "reference",
     }
     metrics.update(per_sample(metrics, data))
+    if stopped:
+        metrics["stopped"] = stopped
+    if not all(math.isfinite(metrics[k]) for k in ("test_nll", "test_nll_per_sequence")):
+        raise NonFiniteLoss(f"test NLL of the best model is {test_m['nll']}")
     rundir.write_json(run_dir / rundir.METRICS, metrics)
     return metrics
 
@@ -269,11 +496,15 @@ def load_run(run_dir):
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run directory not found")
     saved = rundir.read_json(run_dir / rundir.CONFIG)
+    source = run_dir / rundir.CONFIG
     try:
-        config = TrainConfig.from_dict(saved["train"])
-        model = SequenceModel(ModelConfig(**saved["model"]))
+        config = TrainConfig.from_dict(saved["train"], source)
+        try:
+            model = new_model(ModelConfig(**saved["model"]))
+        except UserError as e:
+            raise UserError(f"{source}: {e}") from None
     except (KeyError, TypeError) as e:
-        raise UserError(f"{run_dir / rundir.CONFIG}: not a gatedrnn run config ({e})") from None
+        raise UserError(f"{source}: not a gatedrnn run config ({describe(e)})") from None
     state, _ = rundir.load_model(run_dir / rundir.MODEL)
     try:
         model.load_state_dict(state)
@@ -303,12 +534,18 @@ def evaluate_run(run_dir, data_dir=None):
 COMPARE_DEFAULTS = {"batch_size": 16, "lr": 3e-3, "epochs": 150, "patience": 20}
 
 
-def compare(base: TrainConfig, run_root, cells=tuple(CELLS), log=print, progress=None):
-    """Train each unit at its Table 1 size with the same settings; {cell: metrics}."""
+def compare(base: TrainConfig, run_root, cells=tuple(CELLS), log=print, progress=None,
+            resume=False):
+    """Train each unit at its Table 1 size with the same settings; {cell: metrics}. With
+    ``resume``, units whose run directory holds a run continue it; the others start."""
     data = load_data(base.dataset, base.data_dir, sample_rate=base.sample_rate)
     results = {}
     for cell in cells:
         config = replace(base, cell=cell, hidden_size=None)
+        run_dir = Path(run_root) / cell
         log(f"== {cell} ({config.model_config().hidden_size} units) ==")
-        results[cell] = train(config, Path(run_root) / cell, data, log=log, progress=progress)
+        results[cell] = train(config, run_dir, data, log=log, progress=progress,
+                              resume=resume and bool(rundir.holds_run(run_dir)))
+        if "stopped" in results[cell]:
+            break
     return results

@@ -5,7 +5,9 @@ sequence is a (T, 88) uint8 piano roll of 0/1 where column j is MIDI note 21 + j
 all-zero row is a silent step. Two file formats give the same thing:
 
 - ``.mat``: the MATLAB conversion of Gan et al. (NIPS 2015), keys traindata/validdata/testdata,
-  each a 1 x N cell array of T x 88 uint8 matrices (the files in shared/data/polyphonic);
+  each a 1 x N cell array of T x 88 uint8 matrices (the files in shared/data/polyphonic). Read
+  by matfile.py, a strict reader of this MAT v5 subset (scipy.io.loadmat is not safe on
+  corrupt or hostile bytes);
 - ``.pickle``: the original Python 2 cPickle, a dict of lists of sequences, each a list of time
   steps, each a list of MIDI note numbers. Loaded with a restricted unpickler that builds only
   plain containers and numbers, since unpickling can otherwise run code.
@@ -13,15 +15,17 @@ all-zero row is a silent step. Two file formats give the same thing:
 ``load_music(name)`` finds the file (``data_dir``, ``$GATEDRNN_DATA_DIR``, or the download cache),
 reads it and checks it against the published split sizes.
 """
+import io
 import os
 import pickle
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from ..errors import UserError, describe
+from . import matfile
 
 LOWEST_NOTE = 21  # MIDI A0: column 0 of a piano roll
 KEYS = 88         # MIDI 21..108
@@ -101,8 +105,8 @@ def read_mat(path) -> dict[str, list[np.ndarray]]:
     """Read a Gan et al. .mat file: {train, valid, test} -> lists of (T, 88) uint8 rolls."""
     _require_file(path)
     try:
-        mat = scipy.io.loadmat(path, appendmat=False)
-    except Exception as e:  # scipy raises ValueError, TypeError, zlib.error, ... on bad bytes
+        mat = matfile.read(path)
+    except (matfile.MatError, OSError) as e:
         raise UserError(f"{path}: not a readable MATLAB .mat file ({describe(e)})") from None
     splits = {}
     for split in SPLITS:
@@ -115,8 +119,14 @@ def read_mat(path) -> dict[str, list[np.ndarray]]:
     return splits
 
 
-class _PlainUnpickler(pickle.Unpickler):
-    """Builds dicts, lists, tuples, strings and numbers; refuses every global (class, function)."""
+class _PlainUnpickler(pickle._Unpickler):
+    """Builds dicts, lists, tuples, strings and numbers; refuses every global (class, function).
+
+    The pure-Python unpickler, not the C one: the C unpickler sizes its memo table from the
+    index in the file (a 4-byte LONG_BINPUT index makes it allocate gigabytes); this one keeps
+    the memo in a dict. Every opcode that could import or call (GLOBAL, STACK_GLOBAL, INST,
+    OBJ, REDUCE, NEWOBJ, EXT1/2/4) goes through find_class, which refuses; persistent ids and
+    out-of-band buffers are refused by the unpickler itself."""
 
     def __init__(self, file, path):
         super().__init__(file, encoding="latin1")  # Python 2 cPickle str -> str
@@ -155,8 +165,8 @@ def read_pickle(path) -> dict[str, list[np.ndarray]]:
     """Read an original ICML 2012 pickle: {train, valid, test} -> lists of (T, 88) uint8 rolls."""
     _require_file(path)
     try:
-        with open(path, "rb") as f:
-            data = _PlainUnpickler(f, path).load()
+        # from memory: a declared length can then never exceed the bytes really there
+        data = _PlainUnpickler(io.BytesIO(Path(path).read_bytes()), path).load()
     except UserError:
         raise
     except Exception as e:  # UnpicklingError, EOFError, ValueError, ... on bad bytes
@@ -165,7 +175,7 @@ def read_pickle(path) -> dict[str, list[np.ndarray]]:
         raise UserError(f"{path}: holds {_a(data)}, expected a dict with keys {', '.join(SPLITS)}")
     data = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in data.items()}
     if set(data) != set(SPLITS):
-        keys = "[" + ", ".join(sorted(map(repr, data))) + "]"
+        keys = "[" + ", ".join(sorted(map(reprlib.repr, data))) + "]"
         raise UserError(f"{path}: holds keys {keys}, expected {', '.join(SPLITS)}")
     splits = {}
     for split in SPLITS:

@@ -17,10 +17,10 @@ Splits of FSDD: the official test takes 0-4, validation takes 5-9, training take
 recording is in exactly one split. Amplitudes are normalised with the mean and standard
 deviation of the training split's samples only (``fit_normalization``).
 """
+import io
 import math
 import os
 import re
-import struct
 import wave
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,13 +58,17 @@ def read_wav(path, sample_rate=FSDD_RATE):
     """A mono integer-PCM WAV file as float32 in [-1, 1), resampled to ``sample_rate`` if needed."""
     path = Path(path)
     try:
-        with wave.open(str(path), "rb") as w:
+        data = path.read_bytes()        # parsed from memory: no read past the bytes really there
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({describe(e)})") from None
+    try:
+        with wave.open(io.BytesIO(data), "rb") as w:
             channels, width, rate, n = (w.getnchannels(), w.getsampwidth(), w.getframerate(),
                                         w.getnframes())
             raw = w.readframes(n)
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except (wave.Error, EOFError, OSError, ValueError, struct.error) as e:
+    except Exception as e:  # the wave module raises Error, EOFError, struct.error, RuntimeError, ...
         raise UserError(f"{path}: not a readable PCM WAV file ({describe(e)})") from None
     if channels != 1:
         raise UserError(f"{path}: {channels} channels, expected mono")
@@ -77,10 +81,19 @@ def read_wav(path, sample_rate=FSDD_RATE):
         raise UserError(f"{path}: holds no audio samples")
     x = _pcm_to_float(raw[:frames * width], width)
     if rate != sample_rate:
-        from scipy.signal import resample_poly
-        g = math.gcd(rate, sample_rate)
-        x = resample_poly(x, sample_rate // g, rate // g).astype(np.float32)
+        x = _resample(x, rate, sample_rate)
     return x
+
+
+def _resample(x, rate, to):
+    """Polyphase filtering for the usual rate pairs (44100 -> 8000 is 80 / 441); an FFT for odd
+    ones like 8001 Hz, whose polyphase filter would have millions of taps."""
+    from scipy.signal import resample, resample_poly
+    g = math.gcd(rate, to)
+    up, down = to // g, rate // g
+    if max(up, down) <= 1000:
+        return resample_poly(x, up, down).astype(np.float32)
+    return resample(x, max(1, round(len(x) * to / rate))).astype(np.float32)
 
 
 def _pcm_to_float(raw, width):
