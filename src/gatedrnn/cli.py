@@ -24,6 +24,8 @@ def add_train_options(p, defaults):
     from .data import dataset_names
     p.add_argument("--dataset", default="jsb", help=" | ".join(dataset_names()))
     p.add_argument("--variant", default=d["variant"], help="paper (default) | torch")
+    p.add_argument("--backend", default=d["backend"], help="fast (default: numba kernels on "
+                   "the CPU) | reference (the readable loop of cells.py)")
     p.add_argument("--hidden-size", type=int, default=d["hidden_size"],
                    help="units (default: Table 1 size)")
     p.add_argument("--lr", type=float, default=d["lr"], help=f"learning rate (default {d['lr']})")
@@ -49,7 +51,8 @@ def add_train_options(p, defaults):
 
 def train_config(args, **extra):
     from .train import TrainConfig
-    return TrainConfig(dataset=args.dataset, variant=args.variant, hidden_size=args.hidden_size,
+    return TrainConfig(dataset=args.dataset, variant=args.variant, backend=args.backend,
+                       hidden_size=args.hidden_size,
                        lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                        patience=args.patience, weight_noise=args.weight_noise, seed=args.seed,
                        tbptt=args.tbptt, components=args.components, sample_rate=args.sample_rate,
