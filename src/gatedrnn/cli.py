@@ -149,6 +149,14 @@ def cmd_data_fetch(args):
                             f"{', '.join([*MUSIC, *SPEECH])}")
 
 
+def cmd_bench(args):
+    from .bench import run
+    repeats = args.repeats or (3 if args.quick else 7)
+    run(tasks=args.tasks, cells=args.units, batches=args.batches, T=args.steps or
+        (100 if args.quick else 200), repeats=repeats, epoch=not args.skip_epoch,
+        data_dir=args.data_dir, epoch_repeats=1 if args.quick else 3)
+
+
 def build_parser():
     from .cells import CELLS
     from .train import COMPARE_DEFAULTS
@@ -176,6 +184,20 @@ def build_parser():
 
     p = sub.add_parser("params", help="print Table 1 with our parameter counts")
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("bench", help="time our units against torch.nn's (forward + backward, "
+                       "and a Nottingham training epoch)")
+    p.add_argument("--units", nargs="+", choices=list(CELLS), default=list(CELLS))
+    p.add_argument("--tasks", nargs="+", choices=["music", "speech"], default=["music", "speech"],
+                   help="Table 1 sizes: music (88 inputs) and/or speech (20 inputs)")
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    p.add_argument("--steps", type=int, help="time steps (default 200; 100 with --quick)")
+    p.add_argument("--repeats", type=int, help="interleaved repeats (default 7; 3 with --quick)")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and steps, one epoch")
+    p.add_argument("--skip-epoch", action="store_true", help="no Nottingham training epoch")
+    p.add_argument("--data-dir", help="directory holding Nottingham.mat (default "
+                   "$GATEDRNN_DATA_DIR, else the download cache)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("data", help="datasets")
     data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=Parser)
