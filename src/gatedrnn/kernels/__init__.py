@@ -198,7 +198,7 @@ class LSTM:
         P = w["peephole"] if "peephole" in w else np.zeros((3, H), xw.dtype)
         out, tc = _empty(T, B, H, like=xw), _empty(T, B, H, like=xw)
         S, C = _empty(T + 1, B, H, like=xw), _empty(T + 1, B, H, like=xw)
-        acts = _empty(T, B, G, like=xw)
+        acts = _empty(T, 4, B, H, like=xw)
         _cpu.lstm_forward(xw, np.ascontiguousarray(U.T), _bias(w, "bias_hh", G, xw), P,
                           state[0], state[1], mask, out, S, C, acts, tc)
         return (out, S[T].copy(), C[T].copy()), (U, P, S, C, acts, tc, tuple(w))
@@ -207,7 +207,7 @@ class LSTM:
     def backward(saved, grads, mask):
         U, P, S, C, acts, tc, names = saved
         dout, dhT, dcT = grads
-        dA = np.empty_like(acts)
+        dA = np.empty_like(acts, shape=(acts.shape[0], acts.shape[2], 4 * acts.shape[3]))
         dh0, dc0 = _cpu.lstm_backward(dout, dhT, dcT, U, P, mask, C, acts, tc, dA)
         H = U.shape[1]
         extra = {"bias_hh": dA.sum((0, 1))} if "bias_hh" in names else {}

@@ -20,46 +20,47 @@ and gradient against it.
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
-# m*k*n of a per-step product above which BLAS (np.dot) beats the plain loop below (measured
-# on the 2-core machine: batch 32 at the music sizes is faster looped, speech sizes with BLAS).
-BLAS_MIN = 1 << 17
+# m*k*n of a per-step product from which BLAS (np.dot) beats the plain loop below (measured on
+# the 2-core machine, float32: already at 1 x 100 x 100 and 32 x 36 x 144, 15-50% faster).
+BLAS_MIN = 1 << 12
 
 # error_model="numpy": x / 0 gives inf instead of raising, which lets LLVM vectorize the loops.
 JIT = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
 
 
 # -- exp, sigmoid and tanh that LLVM can vectorize (libm's are scalar calls, 5-40 ns each) ------
-# Computed in float64 for both dtypes: exp to 1 ulp, sigmoid and tanh to 2 ulp (float64),
-# checked against numpy in tests/test_kernels.py.
+# One implementation per dtype (8 float32 or 4 float64 lanes per AVX2 instruction): float64 to
+# 1-2 ulp (Taylor series to r^13), float32 to a few ulp (Cephes' expf / tanhf polynomials);
+# tests/test_kernels.py checks them against numpy.
 
 @intrinsic
-def _f64_bits(typingctx, x):
+def _pow2(typingctx, t):
+    """2^n for t = n + 1.5 * 2^m (m = 52 float64, 23 float32): n sits in t's low mantissa bits."""
+    bits, mant, bias = (64, 52, 1023) if t == types.float64 else (32, 23, 127)
+    ftype = ir.DoubleType() if bits == 64 else ir.FloatType()
+
     def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.IntType(64))
-    return types.int64(types.float64), codegen
+        i = builder.bitcast(args[0], ir.IntType(bits))
+        i = builder.shl(builder.add(i, ir.Constant(ir.IntType(bits), bias)),
+                        ir.Constant(ir.IntType(bits), mant))
+        return builder.bitcast(i, ftype)
+    return t(t), codegen
 
 
-@intrinsic
-def _bits_f64(typingctx, x):
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-    return types.float64(types.int64), codegen
-
-
-_SHIFT = 6755399441055744.0          # 1.5 * 2^52: adding it rounds to an integer in the low bits
 _LOG2E = 1.4426950408889634
-_LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10   # fdlibm's split
+_F = np.float32
+_LOG2E_F = _F(_LOG2E)
+_ONE_F, _TWO_F = _F(1), _F(2)
 
 
-@njit(inline="always", **JIT)
-def _exp(x):
-    """e^x = 2^n e^r, |r| <= ln2 / 2, e^r by its Taylor series to r^13 / 13! (error < 1e-17)."""
-    x = min(max(np.float64(x), -700.0), 700.0)
-    t = x * _LOG2E + _SHIFT
-    n = t - _SHIFT
-    r = (x - n * _LN2_HI) - n * _LN2_LO
+def _exp64(x):
+    """e^x = 2^n e^r, |r| <= ln2 / 2, e^r by its Taylor series to r^13 / 13!."""
+    x = min(max(x, -700.0), 700.0)
+    t = x * _LOG2E + 6755399441055744.0                      # + 1.5 * 2^52 rounds n into t
+    n = t - 6755399441055744.0
+    r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10   # fdlibm's ln2
     p = 1.6059043836821613e-10                              # 1 / 13!
     p = p * r + 2.08767569878681e-09
     p = p * r + 2.505210838544172e-08
@@ -74,18 +75,28 @@ def _exp(x):
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0                                          # 1 / 0!
-    return p * _bits_f64((_f64_bits(t) + 1023) << 52)     # 2^n from n in t's low bits
+    return p * _pow2(t)
 
 
-@njit(inline="always", **JIT)
-def _sigmoid(a):
-    return 1.0 / (1.0 + _exp(-a))
+_E32 = [_F(v) for v in (-87.0, 88.0, 12582912.0, 0.693359375, -2.12194440e-4, 1.9875691500e-4,
+                        1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+                        5.0000001201e-1)]
+(_LO_F, _HI_F, _SHIFT_F, _C1_F, _C2_F, _P0_F, _P1_F, _P2_F, _P3_F, _P4_F, _P5_F) = _E32
 
 
-@njit(inline="always", **JIT)
-def _tanh(x):
+def _exp32(x):
+    """Cephes' expf: e^x = 2^n (1 + r + r^2 P(r)), |r| <= ln2 / 2."""
+    x = min(max(x, _LO_F), _HI_F)
+    t = x * _LOG2E_F + _SHIFT_F
+    n = t - _SHIFT_F
+    r = (x - n * _C1_F) - n * _C2_F
+    p = ((((_P0_F * r + _P1_F) * r + _P2_F) * r + _P3_F) * r + _P4_F) * r + _P5_F
+    return ((p * r) * r + r + _ONE_F) * _pow2(t)
+
+
+def _tanh64(x):
     """Cephes' tanh: a rational function below |x| = 0.625, 1 - 2 / (e^2|x| + 1) above."""
-    ax = abs(np.float64(x))
+    ax = abs(x)
     z = ax * ax
     small = ax + ax * z * (((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z
                             - 1.61468768441708447952e3)
@@ -93,6 +104,44 @@ def _tanh(x):
                               + 4.84406305325125486048e3))
     y = small if ax < 0.625 else 1.0 - 2.0 / (_exp(2.0 * ax) + 1.0)
     return y if x >= 0 else -y
+
+
+_T32 = [_F(v) for v in (0.625, -5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2,
+                        1.33314422036e-1, -3.33332819422e-1)]
+(_CUT_F, _Q0_F, _Q1_F, _Q2_F, _Q3_F, _Q4_F) = _T32
+
+
+def _tanh32(x):
+    """Cephes' tanhf: a polynomial below |x| = 0.625, 1 - 2 / (e^2|x| + 1) above."""
+    ax = abs(x)
+    z = ax * ax
+    small = ((((_Q0_F * z + _Q1_F) * z + _Q2_F) * z + _Q3_F) * z + _Q4_F) * z * ax + ax
+    y = small if ax < _CUT_F else _ONE_F - _TWO_F / (_exp(_TWO_F * ax) + _ONE_F)
+    return y if x >= 0 else -y
+
+
+def _sigmoid64(x):
+    return 1.0 / (1.0 + _exp(-x))
+
+
+def _sigmoid32(x):
+    return _ONE_F / (_ONE_F + _exp(-x))
+
+
+def _by_dtype(f32, f64):
+    """A function numba compiles as f32 for float32 arguments and as f64 otherwise."""
+    def stub(x):
+        raise NotImplementedError("compiled code only")
+
+    @overload(stub, jit_options=JIT)
+    def _impl(x):
+        return f32 if x == types.float32 else f64
+    return stub
+
+
+_exp = _by_dtype(_exp32, _exp64)
+_sigmoid = _by_dtype(_sigmoid32, _sigmoid64)
+_tanh = _by_dtype(_tanh32, _tanh64)
 
 
 @njit(**JIT)
@@ -154,42 +203,53 @@ def tanh_backward(dout, dhT, U, mask, S, dA):
 
 @njit(**JIT)
 def lstm_forward(xw, UT, bh, P, h0, c0, mask, out, S, C, acts, tc):
-    """acts (T, B, 4H) holds i, f, g, o; C (T+1, B, H) the cell states; tc (T, B, H) tanh(c_t)."""
+    """acts (T, 4, B, H) holds i, f, g, o gate-major; C (T+1, B, H) the cell states; tc (T, B, H)
+    tanh(c_t). Gate-major, every elementwise loop runs over all B*H entries at once (long
+    vectorized loops, no per-row remainders)."""
     T, B, H = out.shape
+    n = B * H
     S[0] = h0
     C[0] = c0
     a = np.empty((B, 4 * H), xw.dtype)
+    PB = np.empty((3, B, H), xw.dtype)          # the peepholes repeated over the batch
+    for k in range(3):
+        for b in range(B):
+            PB[k, b] = P[k]
+    pi, pf, po = PB[0].reshape(n), PB[1].reshape(n), PB[2].reshape(n)
     for t in range(T):
         a[:] = xw[t] + bh
         _matmul_add(S[t], UT, a)
+        for k in range(4):
+            for b in range(B):
+                acts[t, k, b] = a[b, k * H:(k + 1) * H]
+        i, f = acts[t, 0].reshape(n), acts[t, 1].reshape(n)
+        g, o = acts[t, 2].reshape(n), acts[t, 3].reshape(n)
+        c_prev, c, y, h = C[t].reshape(n), C[t + 1].reshape(n), tc[t].reshape(n), S[t + 1].reshape(n)
+        for k in range(n):
+            i[k] = _sigmoid(i[k] + pi[k] * c_prev[k])
+        for k in range(n):
+            f[k] = _sigmoid(f[k] + pf[k] * c_prev[k])
+        for k in range(n):
+            g[k] = _tanh(g[k])
+        for k in range(n):
+            c[k] = f[k] * c_prev[k] + i[k] * g[k]
+        for k in range(n):
+            o[k] = _sigmoid(o[k] + po[k] * c[k])
+        for k in range(n):
+            y[k] = _tanh(c[k])
+        for k in range(n):
+            h[k] = o[k] * y[k]
+        out[t] = S[t + 1]
         for b in range(B):
             if not mask[t, b]:
                 S[t + 1, b] = S[t, b]
                 C[t + 1, b] = C[t, b]
                 out[t, b] = 0
-                acts[t, b] = 0
-                continue
-            # a few simple passes rather than one: each writes one or two arrays, so that
-            # LLVM's alias checks stay few and the loops vectorize (3-5x faster here)
-            for j in range(H):
-                c = C[t, b, j]
-                acts[t, b, j] = _sigmoid(a[b, j] + P[0, j] * c)
-                acts[t, b, H + j] = _sigmoid(a[b, H + j] + P[1, j] * c)
-                acts[t, b, 2 * H + j] = _tanh(a[b, 2 * H + j])
-            for j in range(H):
-                C[t + 1, b, j] = acts[t, b, H + j] * C[t, b, j] + acts[t, b, j] * acts[t, b, 2 * H + j]
-            for j in range(H):
-                c = C[t + 1, b, j]
-                acts[t, b, 3 * H + j] = _sigmoid(a[b, 3 * H + j] + P[2, j] * c)
-                tc[t, b, j] = _tanh(c)
-            for j in range(H):
-                out[t, b, j] = acts[t, b, 3 * H + j] * tc[t, b, j]
-            S[t + 1, b] = out[t, b]
 
 
 @njit(**JIT)
 def lstm_backward(dout, dhT, dcT, U, P, mask, C, acts, tc, dA):
-    """Fills dA; returns dh0, dc0."""
+    """Fills dA (T, B, 4H); returns dh0, dc0."""
     T, B, H = dout.shape
     dh = dhT.copy()
     dc = dcT.copy()
@@ -199,8 +259,8 @@ def lstm_backward(dout, dhT, dcT, U, P, mask, C, acts, tc, dA):
                 dA[t, b] = 0
                 continue
             for j in range(H):
-                i, f = acts[t, b, j], acts[t, b, H + j]
-                g, o = acts[t, b, 2 * H + j], acts[t, b, 3 * H + j]
+                i, f = acts[t, 0, b, j], acts[t, 1, b, j]
+                g, o = acts[t, 2, b, j], acts[t, 3, b, j]
                 y, c_prev = tc[t, b, j], C[t, b, j]
                 gh = dh[b, j] + dout[t, b, j]
                 da_o = gh * y * o * (1 - o)
