@@ -181,6 +181,15 @@ def test_unsupported_dtype_warns_once_and_runs_reference(monkeypatch):
     assert len(kernels._warned) == 1
 
 
+def test_non_cpu_tensors_go_to_the_reference_loop(monkeypatch):
+    """CUDA (here: the meta device, which needs no GPU) is served by the reference loop."""
+    monkeypatch.setattr(kernels, "_warned", set())
+    unit = CELLS["gru"](3, 4).to("meta")
+    with pytest.warns(RuntimeWarning, match=r"meta tensors are run by the reference loop"):
+        out, h = unit(torch.empty(5, 2, 3, device="meta"))
+    assert out.shape == (5, 2, 4) and h.shape == (1, 2, 4) and out.device.type == "meta"
+
+
 def test_backend_for_and_bad_backend():
     unit = CELLS["gru"](3, 4)
     assert unit.backend == "fast" and unit.backend_for(torch.zeros(1)) == "fast"

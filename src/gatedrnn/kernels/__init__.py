@@ -160,6 +160,14 @@ def _dU(dA, S):
     return (torch.from_numpy(dA).reshape(-1, G).T @ torch.from_numpy(S).reshape(-1, H)).numpy()
 
 
+def _arrays(xw, w):
+    """weight_hh, (T, B, G, H), and what every kernel fills: output (T, B, H) and the states
+    S (T+1, B, H)."""
+    U = w["weight_hh"]
+    (T, B, G), H = xw.shape, U.shape[1]
+    return U, (T, B, G, H), _empty(T, B, H, like=xw), _empty(T + 1, B, H, like=xw)
+
+
 def _bias(w, name, size, like):
     return w[name] if name in w else np.zeros(size, like.dtype)
 
@@ -170,9 +178,7 @@ class Tanh:
 
     @staticmethod
     def forward(xw, w, state, mask):
-        U = w["weight_hh"]
-        (T, B, G), H = xw.shape, U.shape[1]
-        out, S = _empty(T, B, H, like=xw), _empty(T + 1, B, H, like=xw)
+        U, (T, B, G, H), out, S = _arrays(xw, w)
         _cpu.tanh_forward(xw, np.ascontiguousarray(U.T), _bias(w, "bias_hh", G, xw), state[0],
                           mask, out, S)
         return (out, S[T].copy()), (U, S, "bias_hh" in w)
@@ -193,11 +199,9 @@ class LSTM:
 
     @staticmethod
     def forward(xw, w, state, mask):
-        U = w["weight_hh"]
-        (T, B, G), H = xw.shape, U.shape[1]
+        U, (T, B, G, H), out, S = _arrays(xw, w)
         P = w["peephole"] if "peephole" in w else np.zeros((3, H), xw.dtype)
-        out, tc = _empty(T, B, H, like=xw), _empty(T, B, H, like=xw)
-        S, C = _empty(T + 1, B, H, like=xw), _empty(T + 1, B, H, like=xw)
+        tc, C = _empty(T, B, H, like=xw), _empty(T + 1, B, H, like=xw)
         acts = _empty(T, 4, B, H, like=xw)
         _cpu.lstm_forward(xw, np.ascontiguousarray(U.T), _bias(w, "bias_hh", G, xw), P,
                           state[0], state[1], mask, out, S, C, acts, tc)
@@ -224,10 +228,8 @@ class GRUPaper:
 
     @staticmethod
     def forward(xw, w, state, mask):
-        U = w["weight_hh"]
-        (T, B, G), H = xw.shape, U.shape[1]
-        out, Q = _empty(T, B, H, like=xw), _empty(T, B, H, like=xw)
-        S, acts = _empty(T + 1, B, H, like=xw), _empty(T, B, G, like=xw)
+        U, (T, B, G, H), out, S = _arrays(xw, w)
+        Q, acts = _empty(T, B, H, like=xw), _empty(T, B, G, like=xw)
         UT = U.T
         _cpu.gru_forward(xw, np.ascontiguousarray(UT[:, :2 * H]), np.ascontiguousarray(UT[:, 2 * H:]),
                          state[0], mask, out, S, Q, acts)
@@ -250,10 +252,8 @@ class GRUTorch:
 
     @staticmethod
     def forward(xw, w, state, mask):
-        U = w["weight_hh"]
-        (T, B, G), H = xw.shape, U.shape[1]
-        out, HN = _empty(T, B, H, like=xw), _empty(T, B, H, like=xw)
-        S, acts = _empty(T + 1, B, H, like=xw), _empty(T, B, G, like=xw)
+        U, (T, B, G, H), out, S = _arrays(xw, w)
+        HN, acts = _empty(T, B, H, like=xw), _empty(T, B, G, like=xw)
         _cpu.gru_torch_forward(xw, np.ascontiguousarray(U.T), w["bias_hh"], state[0], mask, out,
                                S, HN, acts)
         return (out, S[T].copy()), (U, S, HN, acts)

@@ -160,6 +160,13 @@ def _matmul_add(a, b, out):
                     out[m, n] += v * b[k, n]
 
 
+@njit(**JIT)
+def _carry(t, b, S, out):
+    """A padded step of sequence b: the state is carried, the output is zero."""
+    S[t + 1, b] = S[t, b]
+    out[t, b] = 0
+
+
 # -- tanh: h_t = tanh(xw_t + h_{t-1} U^T + bh); bh = 0 (paper) or b_hh (torch) ----------------------------------------------------------
 
 @njit(**JIT)
@@ -177,8 +184,7 @@ def tanh_forward(xw, UT, bh, h0, mask, out, S):
                     S[t + 1, b, j] = v
                     out[t, b, j] = v
             else:
-                S[t + 1, b] = S[t, b]
-                out[t, b] = 0
+                _carry(t, b, S, out)
 
 
 @njit(**JIT)
@@ -242,9 +248,8 @@ def lstm_forward(xw, UT, bh, P, h0, c0, mask, out, S, C, acts, tc):
         out[t] = S[t + 1]
         for b in range(B):
             if not mask[t, b]:
-                S[t + 1, b] = S[t, b]
+                _carry(t, b, S, out)
                 C[t + 1, b] = C[t, b]
-                out[t, b] = 0
 
 
 @njit(**JIT)
@@ -298,9 +303,7 @@ def gru_forward(xw, UT_rz, UT_n, h0, mask, out, S, Q, acts):
         _matmul_add(Q[t], UT_n, an)
         for b in range(B):
             if not mask[t, b]:
-                S[t + 1, b] = S[t, b]
-                out[t, b] = 0
-                Q[t, b] = 0
+                _carry(t, b, S, out)
                 continue
             for j in range(H):
                 n = _tanh(an[b, j])
@@ -353,10 +356,7 @@ def gru_torch_forward(xw, UT, bh, h0, mask, out, S, HN, acts):
         _matmul_add(S[t], UT, a)
         for b in range(B):
             if not mask[t, b]:
-                S[t + 1, b] = S[t, b]
-                out[t, b] = 0
-                acts[t, b] = 0
-                HN[t, b] = 0
+                _carry(t, b, S, out)
                 continue
             for j in range(H):
                 r = _sigmoid(xw[t, b, j] + a[b, j])
