@@ -85,7 +85,8 @@ def scan(kernel, step, xw, weights, state, mask):
     None. ``step`` (the cell's reference step) is used only for a double backward.
     """
     T, B = xw.shape[:2]
-    m = np.ones((T, B), np.uint8) if mask is None else mask.cpu().numpy().astype(np.uint8)
+    m = (np.ones((T, B), np.uint8) if mask is None       # C order: one compiled signature
+         else np.ascontiguousarray(mask.cpu().numpy(), np.uint8))
     names = tuple(n for n in kernel.weights if n in weights)
     ctx = _Call(kernel, step, names, m, None if mask is None else mask)
     out = _Scan.apply(ctx, xw, *(weights[n] for n in names), *state)
