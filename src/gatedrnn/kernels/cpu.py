@@ -167,7 +167,7 @@ def _carry(t, b, S, out):
     out[t, b] = 0
 
 
-# -- tanh: h_t = tanh(xw_t + h_{t-1} U^T + bh); bh = 0 (paper) or b_hh (torch) ----------------------------------------------------------
+# -- tanh: h_t = tanh(xw_t + h_{t-1} U^T + bh); bh = 0 (paper) or b_hh (torch) ----------------
 
 @njit(**JIT)
 def tanh_forward(xw, UT, bh, h0, mask, out, S):
@@ -205,7 +205,7 @@ def tanh_backward(dout, dhT, U, mask, S, dA):
     return dh
 
 
-# -- LSTM (paper: diagonal peepholes P = (V_i, V_f, V_o), bh = 0; torch: P = 0, bh = b_hh) ----------------------------
+# -- LSTM (paper: diagonal peepholes P = (V_i, V_f, V_o), bh = 0; torch: P = 0, bh = b_hh) ----
 
 @njit(**JIT)
 def lstm_forward(xw, UT, bh, P, h0, c0, mask, out, S, C, acts, tc):
