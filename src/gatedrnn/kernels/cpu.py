@@ -254,29 +254,42 @@ def lstm_forward(xw, UT, bh, P, h0, c0, mask, out, S, C, acts, tc):
 
 @njit(**JIT)
 def lstm_backward(dout, dhT, dcT, U, P, mask, C, acts, tc, dA):
-    """Fills dA (T, B, 4H); returns dh0, dc0."""
+    """Fills dA (T, B, 4H); returns dh0, dc0. Gate-major flat loops like the forward."""
     T, B, H = dout.shape
-    dh = dhT.copy()
-    dc = dcT.copy()
-    for t in range(T - 1, -1, -1):
+    n = B * H
+    dh, dc = dhT.copy(), dcT.copy()
+    dhf, dcf = dh.reshape(n), dc.reshape(n)
+    held_h, held_c = np.empty_like(dh), np.empty_like(dc)   # padded rows: carried unchanged
+    dG = np.empty((4, B, H), dout.dtype)                      # this step's dA, gate-major
+    di, df, dg, do = dG[0].reshape(n), dG[1].reshape(n), dG[2].reshape(n), dG[3].reshape(n)
+    PB = np.empty((3, B, H), dout.dtype)
+    for k in range(3):
         for b in range(B):
-            if not mask[t, b]:
+            PB[k, b] = P[k]
+    pi, pf, po = PB[0].reshape(n), PB[1].reshape(n), PB[2].reshape(n)
+    for t in range(T - 1, -1, -1):
+        held_h[:] = dh
+        held_c[:] = dc
+        i, f = acts[t, 0].reshape(n), acts[t, 1].reshape(n)
+        g, o = acts[t, 2].reshape(n), acts[t, 3].reshape(n)
+        y, c_prev, go = tc[t].reshape(n), C[t].reshape(n), dout[t].reshape(n)
+        for k in range(n):
+            gh = dhf[k] + go[k]
+            do[k] = gh * y[k] * o[k] * (1 - o[k])
+            dcn = dcf[k] + gh * o[k] * (1 - y[k] * y[k]) + do[k] * po[k]
+            di[k] = dcn * g[k] * i[k] * (1 - i[k])
+            df[k] = dcn * c_prev[k] * f[k] * (1 - f[k])
+            dg[k] = dcn * i[k] * (1 - g[k] * g[k])
+            dcf[k] = dcn * f[k] + di[k] * pi[k] + df[k] * pf[k]
+            dhf[k] = 0
+        for b in range(B):
+            if mask[t, b]:
+                for k in range(4):
+                    dA[t, b, k * H:(k + 1) * H] = dG[k, b]
+            else:
                 dA[t, b] = 0
-                continue
-            for j in range(H):
-                i, f = acts[t, 0, b, j], acts[t, 1, b, j]
-                g, o = acts[t, 2, b, j], acts[t, 3, b, j]
-                y, c_prev = tc[t, b, j], C[t, b, j]
-                gh = dh[b, j] + dout[t, b, j]
-                da_o = gh * y * o * (1 - o)
-                dcn = dc[b, j] + gh * o * (1 - y * y) + da_o * P[2, j]
-                da_i = dcn * g * i * (1 - i)
-                da_f = dcn * c_prev * f * (1 - f)
-                dA[t, b, j], dA[t, b, H + j] = da_i, da_f
-                dA[t, b, 2 * H + j] = dcn * i * (1 - g * g)
-                dA[t, b, 3 * H + j] = da_o
-                dc[b, j] = dcn * f + da_i * P[0, j] + da_f * P[1, j]
-                dh[b, j] = 0
+                dh[b] = held_h[b]
+                dc[b] = held_c[b]
         _matmul_add(dA[t], U, dh)
     return dh, dc
 
