@@ -78,7 +78,7 @@ def unsupported(*tensors):
 
 
 def scan(kernel, step, xw, weights, state, mask):
-    """Outputs (T, B, H) and final state tuple of ``kernel`` (TANH, LSTM, GRU_PAPER, GRU_TORCH).
+    """Outputs (T, B, H) and final state tuple of ``kernel`` (Tanh, LSTM, GRUPaper, GRUTorch).
 
     xw (T, B, G*H); weights: the dict of tensors the reference ``step`` reads (weight_hh, and
     bias_hh / peephole where the variant has them); state: tuple of (B, H); mask (T, B) bool or
