@@ -11,7 +11,8 @@ kernels return. Conventions for every kernel:
     U      (G*H, H)     weight_hh, for dA @ U in the backward
     mask   (T, B)       uint8, 0 at padded steps: the state is carried, the output is 0
     S      (T+1, B, H)  the state h before each step (S[0] = h0) and after the last one
-    acts   (T, B, G*H)  the gates after their nonlinearity, saved for the backward
+    acts   (T, B, G*H)  the gates after their nonlinearity, saved for the backward (LSTM:
+                        gate-major, (T, 4, B, H))
     dA     (T, B, G*H)  gradient of the pre-activations (= d xw); zero at padded steps
 
 The step equations are cells.py's, one line per gate; tests/test_kernels.py checks every output
