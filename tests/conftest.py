@@ -7,6 +7,12 @@ import torch
 
 torch.set_num_threads(1)   # as the CLI does: faster for these tiny models on a few cores
 
+# Subprocesses started by the tests from another directory import the same code as the tests
+# (PYTHONPATH=src, as relative, would otherwise point elsewhere there).
+if os.environ.get("PYTHONPATH"):
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        str(Path(p).resolve()) for p in os.environ["PYTHONPATH"].split(os.pathsep) if p)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("GATEDRNN_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
 # CLI subprocesses import the gatedrnn these tests import, from any working directory

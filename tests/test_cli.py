@@ -29,6 +29,7 @@ def test_train_smoke_per_unit_then_eval(cell, tmp_path, polyphonic_dir):
     assert config["train"]["cell"] == cell and config["model"]["hidden_size"] == {
         "tanh": 100, "gru": 46, "lstm": 36}[cell]
     assert metrics["recurrent_params"] == {"tanh": 18_900, "gru": 18_630, "lstm": 18_108}[cell]
+    assert config["backend"] == metrics["backend"] == config["model"]["backend"] == "fast"
     r = run_cli("eval", run)
     assert r.returncode == 0, r.stderr
     test_line = next(line for line in r.stdout.splitlines() if line.startswith("test_nll "))
@@ -71,6 +72,8 @@ def test_params_prints_table1(capsys):
       "--run-dir", "x"], "/nonexistent/dir"),
     (["train", "--dataset", "jsb", "--cell", "gru", "--variant", "keras", "--run-dir", "x"],
      "unknown variant 'keras'"),
+    (["train", "--dataset", "jsb", "--cell", "gru", "--backend", "foo", "--run-dir", "x"],
+     "unknown backend 'foo'; expected one of fast, reference"),
     (["eval", "/nonexistent/run"], "/nonexistent/run"),
 ])
 def test_user_mistakes_get_one_line_and_status_2(args, message, tmp_path):
@@ -89,3 +92,12 @@ def test_corrupt_model_file_is_a_user_error(tmp_path, polyphonic_dir):
     (tmp_path / "model.safetensors").write_bytes(b"not a model")
     r = run_cli("eval", tmp_path)
     assert r.returncode == 2 and "model.safetensors" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_prints_ratios():
+    r = run_cli("bench", "--units", "gru", "--tasks", "music", "--batches", "2", "--steps", "5",
+                "--repeats", "1", "--skip-epoch")
+    assert r.returncode == 0, r.stderr
+    assert "1 torch thread(s)" in r.stdout
+    row = next(line for line in r.stdout.splitlines() if line.startswith("| music | gru | 46 | 2 |"))
+    assert row.count("x |") == 2 and row.endswith("% |")

@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .errors import UserError
+from .kernels import BACKENDS
 
 VARIANTS = ("paper", "torch")
 INITS = ("paper", "torch")
@@ -48,12 +50,15 @@ class RecurrentUnit(nn.Module):
     gates = 1  # gate blocks stacked in weight_ih / weight_hh
     torch_class = nn.RNN
     n_states = 1
+    fast_kernels = {"paper": kernels.Tanh, "torch": kernels.Tanh}  # variant -> kernels class
 
     def __init__(self, input_size, hidden_size, *, batch_first=False, variant="paper",
-                 weight_noise=0.0, init="paper"):
+                 weight_noise=0.0, init="paper", backend="fast"):
         super().__init__()
         if variant not in VARIANTS:
             raise UserError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        if backend not in BACKENDS:
+            raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if init not in INITS:
             raise UserError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
@@ -63,6 +68,7 @@ class RecurrentUnit(nn.Module):
             raise UserError(f"weight_noise must be a number >= 0, got {weight_noise!r}")
         self.input_size, self.hidden_size = input_size, hidden_size
         self.batch_first, self.variant, self.init = batch_first, variant, init
+        self.backend = backend      # fast: kernels/ (CPU, numba); reference: reference_scan
         self.weight_noise = float(weight_noise)  # std of N(0, s^2) added to W and U per training forward
         G, H = self.gates * hidden_size, hidden_size
         self.weight_ih = nn.Parameter(torch.empty(G, input_size))
@@ -132,12 +138,25 @@ class RecurrentUnit(nn.Module):
             x = torch.where(mask.unsqueeze(2), x, 0.0)
         w = self.weights()
         xw = F.linear(x, w["weight_ih"], w[_input_bias_name(self.variant)])  # (T, B, G*H), all steps
-        output, state = reference_scan(self.step, xw, state, w, mask)
+        if self.backend_for(xw, *state) == "fast":
+            output, state = kernels.scan(self.fast_kernels[self.variant], self.step, xw, w, state, mask)
+        else:
+            output, state = reference_scan(self.step, xw, state, w, mask)
         if self.batch_first and not unbatched:
             output = output.transpose(0, 1)
         if unbatched:
             return output.squeeze(1), _pack_state(tuple(s for s in state), self.n_states)
         return output, _pack_state(tuple(s.unsqueeze(0) for s in state), self.n_states)
+
+    def backend_for(self, *tensors):
+        """The backend that runs on such tensors: ``self.backend``, or "reference" (with one
+        warning naming the reason) where the fast path cannot serve them."""
+        if self.backend == "fast":
+            reason = kernels.unsupported(*tensors)
+            if reason is None:
+                return "fast"
+            kernels.warn_once(reason)
+        return "reference"
 
     def _initial_state(self, state, B, x, unbatched):
         H, name = self.hidden_size, type(self).__name__
@@ -196,6 +215,8 @@ class RecurrentUnit(nn.Module):
             s += ", batch_first=True"
         if self.weight_noise:
             s += f", weight_noise={self.weight_noise}"
+        if self.backend != "fast":
+            s += f", backend={self.backend!r}"
         return s
 
 
@@ -219,6 +240,7 @@ class GRU(RecurrentUnit):
 
     gates = 3
     torch_class = nn.GRU
+    fast_kernels = {"paper": kernels.GRUPaper, "torch": kernels.GRUTorch}
 
     def step(self, xw, state, w):
         (h,) = state
@@ -244,6 +266,7 @@ class LSTM(RecurrentUnit):
     gates = 4
     torch_class = nn.LSTM
     n_states = 2
+    fast_kernels = {"paper": kernels.LSTM, "torch": kernels.LSTM}
 
     def _extra_parameters(self):
         if self.variant == "paper":

@@ -26,6 +26,8 @@ def add_train_options(p, defaults, sweep=False):
     if not sweep:
         p.add_argument("--dataset", default="jsb", help=" | ".join(dataset_names()))
         p.add_argument("--variant", default=d["variant"], help="paper (default) | torch")
+    p.add_argument("--backend", default=d["backend"], help="fast (default: numba kernels on "
+                   "the CPU) | reference (the readable loop of cells.py)")
     p.add_argument("--hidden-size", type=int, default=d["hidden_size"],
                    help="units (default: Table 1 size)")
     if not sweep:
@@ -57,7 +59,8 @@ def add_train_options(p, defaults, sweep=False):
 
 def train_config(args, **extra):
     from .train import TrainConfig
-    return TrainConfig(dataset=args.dataset, variant=args.variant, hidden_size=args.hidden_size,
+    return TrainConfig(dataset=args.dataset, variant=args.variant, backend=args.backend,
+                       hidden_size=args.hidden_size,
                        lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
                        patience=args.patience, weight_noise=args.weight_noise, seed=args.seed,
                        tbptt=args.tbptt, components=args.components, sample_rate=args.sample_rate,
@@ -253,6 +256,14 @@ def add_storage_options(p):
                    "retried (default 120 s)")
 
 
+def cmd_bench(args):
+    from .bench import run
+    repeats = args.repeats or (3 if args.quick else 7)
+    run(tasks=args.tasks, cells=args.units, batches=args.batches, T=args.steps or
+        (100 if args.quick else 200), repeats=repeats, epoch=not args.skip_epoch,
+        data_dir=args.data_dir, epoch_repeats=1 if args.quick else 3)
+
+
 def build_parser():
     from .cells import CELLS
     from .train import COMPARE_DEFAULTS
@@ -319,6 +330,20 @@ def build_parser():
 
     p = sub.add_parser("params", help="print Table 1 with our parameter counts")
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("bench", help="time our units against torch.nn's (forward + backward, "
+                       "and a Nottingham training epoch)")
+    p.add_argument("--units", nargs="+", choices=list(CELLS), default=list(CELLS))
+    p.add_argument("--tasks", nargs="+", choices=["music", "speech"], default=["music", "speech"],
+                   help="Table 1 sizes: music (88 inputs) and/or speech (20 inputs)")
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    p.add_argument("--steps", type=int, help="time steps (default 200; 100 with --quick)")
+    p.add_argument("--repeats", type=int, help="interleaved repeats (default 7; 3 with --quick)")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and steps, one epoch")
+    p.add_argument("--skip-epoch", action="store_true", help="no Nottingham training epoch")
+    p.add_argument("--data-dir", help="directory holding Nottingham.mat (default "
+                   "$GATEDRNN_DATA_DIR, else the download cache)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("data", help="datasets")
     data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=Parser)

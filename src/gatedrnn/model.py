@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .cells import CELLS, VARIANTS, recurrent_params
+from .kernels import BACKENDS
 from .errors import UserError
 from .heads import HEADS
 
@@ -30,12 +31,15 @@ class ModelConfig:
     head: str = "bernoulli"         # heads.HEADS
     components: int = 20            # mixture components of the "gmm" head (speech)
     weight_noise: float = 0.0       # std on W and U at training forward passes
+    backend: str = "fast"           # fast (kernels/, CPU) | reference (cells.reference_scan)
 
     def __post_init__(self):
         if self.cell not in CELLS:
             raise UserError(f"unknown unit {self.cell!r}; expected one of {', '.join(CELLS)}")
         if self.variant not in VARIANTS:
             raise UserError(f"unknown variant {self.variant!r}; expected one of {', '.join(VARIANTS)}")
+        if self.backend not in BACKENDS:
+            raise UserError(f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
         if self.head not in HEADS:
             raise UserError(f"unknown head {self.head!r}; expected one of {', '.join(HEADS)}")
         for name in ("hidden_size", "input_size", "output_size", "components"):
@@ -55,7 +59,8 @@ class SequenceModel(nn.Module):
         super().__init__()
         self.config = config
         self.rnn = CELLS[config.cell](config.input_size, config.hidden_size, batch_first=True,
-                                      variant=config.variant, weight_noise=config.weight_noise)
+                                      variant=config.variant, weight_noise=config.weight_noise,
+                                      backend=config.backend)
         head_options = {"components": config.components} if config.head == "gmm" else {}
         self.head = HEADS[config.head](config.hidden_size, config.output_size, **head_options)
 

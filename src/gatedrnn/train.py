@@ -20,6 +20,7 @@ import torch
 
 from . import rundir
 from .cells import CELLS, VARIANTS, recurrent_params
+from .kernels import BACKENDS
 from .data import Data, load_data, task_of
 from .data.batching import length_sorted_batches
 from .errors import UserError, describe
@@ -31,6 +32,7 @@ class TrainConfig:
     dataset: str = "jsb"            # data.dataset_names()
     cell: str = "gru"               # tanh | gru | lstm
     variant: str = "paper"          # paper | torch
+    backend: str = "fast"           # fast (numba kernels on CPU) | reference (the readable loop)
     hidden_size: int | None = None  # None: Table 1 size for the task
     lr: float = 1e-3
     epochs: int = 500               # the paper's code: at most 500
@@ -56,6 +58,8 @@ class TrainConfig:
             raise UserError(f"unknown unit {self.cell!r}; expected one of {', '.join(CELLS)}")
         if self.variant not in VARIANTS:
             raise UserError(f"unknown variant {self.variant!r}; expected one of {', '.join(VARIANTS)}")
+        if self.backend not in BACKENDS:
+            raise UserError(f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
         positive = {"lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size,
                     "eval_batch_size": self.eval_batch_size, "clip_norm": self.clip_norm,
                     "rms_floor": self.rms_floor}
@@ -85,7 +89,7 @@ class TrainConfig:
                            hidden_size=self.hidden_size or TABLE1_UNITS[task.kind][self.cell],
                            input_size=task.input_size, output_size=task.output_size,
                            head=task.head, components=self.components,
-                           weight_noise=self.weight_noise)
+                           weight_noise=self.weight_noise, backend=self.backend)
 
     @classmethod
     def from_dict(cls, d, source="config"):
@@ -173,6 +177,11 @@ def evaluate(model, batches):
         steps += b.steps
         per_seq.extend((nll / b.lengths).tolist())
     return {"nll": total / steps, "nll_per_sequence": float(np.mean(per_seq))}
+
+
+def backend_of(model):
+    """The backend that runs this model's recurrence (the fast one may fall back)."""
+    return model.rnn.backend_for(next(model.parameters()))
 
 
 def build_model(config):
@@ -318,7 +327,7 @@ def _fit(config, run_dir, data, saved, log, progress, stop):
     rng = np.random.default_rng(config.seed)       # batch order
     fixed = {s: length_sorted_batches(ex, config.eval_batch_size) for s, ex in data.examples.items()}
     run_config = {"train": asdict(config), "model": config.model_config().to_dict(),
-                  "normalization": data.normalization, "backend": "reference",
+                  "normalization": data.normalization, "backend": backend_of(model),
                   "torch": torch.__version__}
     if saved is None:
         rundir.write_json(run_dir / rundir.CONFIG, run_config)
@@ -459,7 +468,7 @@ def run_metrics(model, fixed, st, data, run_dir, best_weights, start, stopped=No
         "test_nll_per_sequence": test_m["nll_per_sequence"],
         "best_epoch": b["epoch"], "epochs": len(st.curves), "updates": st.updates,
         "params": model.num_params(), "recurrent_params": model.recurrent_params(),
-        "seconds": round(time.perf_counter() - start, 3), "backend": "reference",
+        "seconds": round(time.perf_counter() - start, 3), "backend": backend_of(model),
     }
     metrics.update(per_sample(metrics, data))
     if stopped:

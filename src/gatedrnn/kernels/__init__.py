@@ -1,0 +1,270 @@
+"""Fast recurrences: one torch.autograd.Function over the compiled loops of kernels/cpu.py.
+
+``scan(kernel, step, xw, weights, state, mask)`` computes what ``cells.reference_scan`` computes
+(outputs (T, B, H) and the final state) for one unit and variant, with forward and backward
+written out in numba. The caller keeps the input projection (xw = x W^T + b_ih for all steps, one
+torch matmul) and weight noise outside, so autograd carries gradients through them as in the
+reference. What the fast path cannot serve (no numba, CUDA or other non-CPU tensors, dtypes other
+than float32 / float64) goes to the reference loop with one warning naming the reason; a double
+backward recomputes the gradients with the reference loop (also with one warning).
+"""
+import os
+import warnings
+
+import numpy as np
+import torch
+
+BACKENDS = ("fast", "reference")
+DTYPES = (torch.float32, torch.float64)
+
+_warned = set()
+
+
+def warn_once(reason):
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"gatedrnn backend='fast': {reason}", RuntimeWarning, stacklevel=4)
+
+
+def _load():
+    """kernels.cpu, compiled (or loaded from numba's cache) on first use; None without numba."""
+    global _cpu
+    if _cpu is None:
+        cache = os.path.join(os.path.expanduser("~"), ".cache", "gatedrnn", "numba")
+        if "NUMBA_CACHE_DIR" not in os.environ and not os.access(os.path.dirname(__file__), os.W_OK):
+            os.environ["NUMBA_CACHE_DIR"] = cache   # package dir read-only: cache per user
+        try:
+            from . import cpu
+        except ImportError as e:
+            _cpu = e
+        else:
+            _cpu = cpu
+            _one_blas_thread()
+    return None if isinstance(_cpu, ImportError) else _cpu
+
+
+def _one_blas_thread():
+    """numba's np.dot calls scipy's OpenBLAS, which by default starts a thread per core: on a
+    busy machine each per-step product then waits for the others (10-30x slower here). The
+    kernels run on one core, so that BLAS gets one thread."""
+    import ctypes
+    import glob
+
+    import scipy
+    libs = os.path.join(os.path.dirname(os.path.dirname(scipy.__file__)), "scipy.libs")
+    for path in glob.glob(os.path.join(libs, "libscipy_openblas*.so*")):
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+            if hasattr(lib, name):
+                getattr(lib, name)(1)
+                break
+
+
+_cpu = None
+
+
+def unsupported(*tensors):
+    """Why the fast path cannot run on these tensors, or None when it can."""
+    for t in tensors:
+        if t.device.type != "cpu":
+            return f"{t.device.type} tensors are run by the reference loop (the kernels are CPU only)"
+        if t.dtype not in DTYPES:
+            return f"dtype {t.dtype} is run by the reference loop (kernels: float32, float64)"
+        if t.dtype != tensors[0].dtype:
+            return f"mixed dtypes {tensors[0].dtype} and {t.dtype} are run by the reference loop"
+    if _load() is None:
+        return f"numba is not importable ({_cpu}); using the reference loop"
+    return None
+
+
+def scan(kernel, step, xw, weights, state, mask):
+    """Outputs (T, B, H) and final state tuple of ``kernel`` (Tanh, LSTM, GRUPaper, GRUTorch).
+
+    xw (T, B, G*H); weights: the dict of tensors the reference ``step`` reads (weight_hh, and
+    bias_hh / peephole where the variant has them); state: tuple of (B, H); mask (T, B) bool or
+    None. ``step`` (the cell's reference step) is used only for a double backward.
+    """
+    T, B = xw.shape[:2]
+    m = (np.ones((T, B), np.uint8) if mask is None       # C order: one compiled signature
+         else np.ascontiguousarray(mask.cpu().numpy(), np.uint8))
+    names = tuple(n for n in kernel.weights if n in weights)
+    ctx = _Call(kernel, step, names, m, None if mask is None else mask)
+    out = _Scan.apply(ctx, xw, *(weights[n] for n in names), *state)
+    return out[0], tuple(out[1:])
+
+
+class _Call:
+    """What one forward hands to its backward besides tensors."""
+
+    def __init__(self, kernel, step, names, mask, mask_tensor):
+        self.kernel, self.step, self.names = kernel, step, names
+        self.mask, self.mask_tensor = mask, mask_tensor
+        self.saved = None
+
+
+def _numpy(t):
+    return t.detach().contiguous().numpy()
+
+
+class _Scan(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, call, xw, *tensors):
+        k = len(call.names)
+        w = dict(zip(call.names, (_numpy(t) for t in tensors[:k])))
+        state = [_numpy(s) for s in tensors[k:]]
+        outputs, call.saved = call.kernel.forward(_numpy(xw), w, state, call.mask)
+        call.shapes = [o.shape for o in outputs]
+        ctx.call = call
+        ctx.save_for_backward(xw, *tensors)
+        return tuple(torch.from_numpy(o) for o in outputs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        call = ctx.call
+        if torch.is_grad_enabled():      # create_graph=True: a differentiable backward
+            warn_once("double backward: the gradients are recomputed with the reference loop")
+            return (None, *_reference_vjp(call, ctx.saved_tensors, grads, ctx.needs_input_grad[1:]))
+        dtype = call.saved[0].dtype
+        grads = [np.zeros(shape, dtype) if g is None else _numpy(g)
+                 for g, shape in zip(grads, call.shapes)]
+        result = call.kernel.backward(call.saved, grads, call.mask)
+        return (None, *(torch.from_numpy(r) if need else None
+                        for r, need in zip(result, ctx.needs_input_grad[1:])))
+
+
+def _reference_vjp(call, inputs, grads, needs):
+    """The vector-Jacobian product of the reference loop, itself differentiable."""
+    from ..cells import reference_scan
+    k = len(call.names)
+    with torch.enable_grad():
+        xw, weights, state = inputs[0], dict(zip(call.names, inputs[1:1 + k])), inputs[1 + k:]
+        output, final = reference_scan(call.step, xw, tuple(state), weights, call.mask_tensor)
+        pairs = [(o, g) for o, g in zip((output, *final), grads) if g is not None]
+        wrt = [x for x, need in zip(inputs, needs) if need]
+        got = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs],
+                                       create_graph=True, allow_unused=True))
+    return tuple(next(got) if need else None for need in needs)
+
+
+# -- the kernels: numpy in, numpy out ---------------------------------------------------------------
+# forward(xw, w, state, mask) -> (outputs, saved); backward(saved, grads, mask) -> the gradients
+# of (xw, *the weights present, *state), in that order.
+
+def _empty(*shape, like):
+    return np.empty(shape, like.dtype)
+
+
+def _dU(dA, S):
+    """sum over steps of dA_t^T S_t as one matmul over all T*B rows. dA (T, B, G), S (T, B, H)."""
+    G, H = dA.shape[-1], S.shape[-1]
+    return (torch.from_numpy(dA).reshape(-1, G).T @ torch.from_numpy(S).reshape(-1, H)).numpy()
+
+
+def _arrays(xw, w):
+    """weight_hh, (T, B, G, H), and what every kernel fills: output (T, B, H) and the states
+    S (T+1, B, H)."""
+    U = w["weight_hh"]
+    (T, B, G), H = xw.shape, U.shape[1]
+    return U, (T, B, G, H), _empty(T, B, H, like=xw), _empty(T + 1, B, H, like=xw)
+
+
+def _bias(w, name, size, like):
+    return w[name] if name in w else np.zeros(size, like.dtype)
+
+
+class Tanh:
+    """h_t = tanh(xw_t + U h_{t-1} (+ b_hh))."""
+    weights = ("weight_hh", "bias_hh")
+
+    @staticmethod
+    def forward(xw, w, state, mask):
+        U, (T, B, G, H), out, S = _arrays(xw, w)
+        _cpu.tanh_forward(xw, np.ascontiguousarray(U.T), _bias(w, "bias_hh", G, xw), state[0],
+                          mask, out, S)
+        return (out, S[T].copy()), (U, S, "bias_hh" in w)
+
+    @staticmethod
+    def backward(saved, grads, mask):
+        U, S, has_bias = saved
+        dout, dhT = grads
+        dA = np.empty_like(dout)
+        dh0 = _cpu.tanh_backward(dout, dhT, U, mask, S, dA)
+        db = (dA.sum((0, 1)),) if has_bias else ()
+        return (dA, _dU(dA, S[:-1]), *db, dh0)
+
+
+class LSTM:
+    """Graves (2013) with diagonal peepholes (paper), or torch.nn's LSTM (no peepholes, b_hh)."""
+    weights = ("weight_hh", "bias_hh", "peephole")
+
+    @staticmethod
+    def forward(xw, w, state, mask):
+        U, (T, B, G, H), out, S = _arrays(xw, w)
+        P = w["peephole"] if "peephole" in w else np.zeros((3, H), xw.dtype)
+        tc, C = _empty(T, B, H, like=xw), _empty(T + 1, B, H, like=xw)
+        acts = _empty(T, 4, B, H, like=xw)
+        _cpu.lstm_forward(xw, np.ascontiguousarray(U.T), _bias(w, "bias_hh", G, xw), P,
+                          state[0], state[1], mask, out, S, C, acts, tc)
+        return (out, S[T].copy(), C[T].copy()), (U, P, S, C, acts, tc, tuple(w))
+
+    @staticmethod
+    def backward(saved, grads, mask):
+        U, P, S, C, acts, tc, names = saved
+        dout, dhT, dcT = grads
+        dA = np.empty_like(acts, shape=(acts.shape[0], acts.shape[2], 4 * acts.shape[3]))
+        dh0, dc0 = _cpu.lstm_backward(dout, dhT, dcT, U, P, mask, C, acts, tc, dA)
+        H = U.shape[1]
+        extra = {"bias_hh": dA.sum((0, 1))} if "bias_hh" in names else {}
+        if "peephole" in names:            # V_i, V_f see c_{t-1}; V_o sees c_t
+            extra["peephole"] = np.stack([(dA[..., :H] * C[:-1]).sum((0, 1)),
+                                          (dA[..., H:2 * H] * C[:-1]).sum((0, 1)),
+                                          (dA[..., 3 * H:] * C[1:]).sum((0, 1))])
+        return (dA, _dU(dA, S[:-1]), *(extra[n] for n in names if n in extra), dh0, dc0)
+
+
+class GRUPaper:
+    """Cho et al. 1406.1078v3: reset before the product, h_t = (1 - z) h + z n."""
+    weights = ("weight_hh",)
+
+    @staticmethod
+    def forward(xw, w, state, mask):
+        U, (T, B, G, H), out, S = _arrays(xw, w)
+        Q, acts = _empty(T, B, H, like=xw), _empty(T, B, G, like=xw)
+        UT = U.T
+        _cpu.gru_forward(xw, np.ascontiguousarray(UT[:, :2 * H]), np.ascontiguousarray(UT[:, 2 * H:]),
+                         state[0], mask, out, S, Q, acts)
+        return (out, S[T].copy()), (U, S, Q, acts)
+
+    @staticmethod
+    def backward(saved, grads, mask):
+        U, S, Q, acts = saved
+        dout, dhT = grads
+        T, B, H = dout.shape
+        dA_rz, dA_n = _empty(T, B, 2 * H, like=dout), _empty(T, B, H, like=dout)
+        dh0 = _cpu.gru_backward(dout, dhT, U[:2 * H], U[2 * H:], mask, S, acts, dA_rz, dA_n)
+        dU = np.concatenate([_dU(dA_rz, S[:-1]), _dU(dA_n, Q)])
+        return (np.concatenate([dA_rz, dA_n], axis=2), dU, dh0)
+
+
+class GRUTorch:
+    """torch.nn.GRU: n = tanh(xw_n + r (U_n h + b_hn)), h_t = (1 - z) n + z h."""
+    weights = ("weight_hh", "bias_hh")
+
+    @staticmethod
+    def forward(xw, w, state, mask):
+        U, (T, B, G, H), out, S = _arrays(xw, w)
+        HN, acts = _empty(T, B, H, like=xw), _empty(T, B, G, like=xw)
+        _cpu.gru_torch_forward(xw, np.ascontiguousarray(U.T), w["bias_hh"], state[0], mask, out,
+                               S, HN, acts)
+        return (out, S[T].copy()), (U, S, HN, acts)
+
+    @staticmethod
+    def backward(saved, grads, mask):
+        U, S, HN, acts = saved
+        dout, dhT = grads
+        dA, dHN = np.empty_like(acts), np.empty_like(HN)
+        dh0 = _cpu.gru_torch_backward(dout, dhT, U, mask, S, HN, acts, dA, dHN)
+        H = U.shape[1]
+        dhh = np.concatenate([dA[..., :2 * H], dHN], axis=2)     # d(U h_{t-1} + b_hh)
+        return (dA, _dU(dhh, S[:-1]), dhh.sum((0, 1)), dh0)

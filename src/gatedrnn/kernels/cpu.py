@@ -1,0 +1,411 @@
+"""The recurrences of cells.py compiled with numba: loops over time, forward and backward
+written out, for float32 and float64 arrays on the CPU.
+
+Only the part that must run step by step lives here. The input projection of all steps
+(xw = x W^T + b, (T, B, G*H)) comes in precomputed, and the gradients of W, U, b and the
+peepholes are single matmuls / reductions over all steps done by torch afterwards from what the
+kernels return. Conventions for every kernel:
+
+    xw     (T, B, G*H)  input projection incl. biases, gate blocks in torch's order
+    UT     (H, G*H)     weight_hh transposed (contiguous), for h @ U^T
+    U      (G*H, H)     weight_hh, for dA @ U in the backward
+    mask   (T, B)       uint8, 0 at padded steps: the state is carried, the output is 0
+    S      (T+1, B, H)  the state h before each step (S[0] = h0) and after the last one
+    acts   (T, B, G*H)  the gates after their nonlinearity, saved for the backward (LSTM:
+                        gate-major, (T, 4, B, H))
+    dA     (T, B, G*H)  gradient of the pre-activations (= d xw); zero at padded steps
+
+The step equations are cells.py's, one line per gate; tests/test_kernels.py checks every output
+and gradient against it.
+"""
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+# m*k*n of a per-step product from which BLAS (np.dot) beats the plain loop below (measured on
+# the 2-core machine, float32: already at 1 x 100 x 100 and 32 x 36 x 144, 15-50% faster).
+BLAS_MIN = 1 << 12
+
+# error_model="numpy": x / 0 gives inf instead of raising, which lets LLVM vectorize the loops.
+JIT = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
+
+
+# -- exp, sigmoid and tanh that LLVM can vectorize (libm's are scalar calls, 5-40 ns each) ------
+# One implementation per dtype (8 float32 or 4 float64 lanes per AVX2 instruction): float64 to
+# 1-2 ulp (Taylor series to r^13), float32 to a few ulp (Cephes' expf / tanhf polynomials);
+# tests/test_kernels.py checks them against numpy.
+
+@intrinsic
+def _pow2(typingctx, t):
+    """2^n for t = n + 1.5 * 2^m (m = 52 float64, 23 float32): n sits in t's low mantissa bits."""
+    bits, mant, bias = (64, 52, 1023) if t == types.float64 else (32, 23, 127)
+    ftype = ir.DoubleType() if bits == 64 else ir.FloatType()
+
+    def codegen(context, builder, sig, args):
+        i = builder.bitcast(args[0], ir.IntType(bits))
+        i = builder.shl(builder.add(i, ir.Constant(ir.IntType(bits), bias)),
+                        ir.Constant(ir.IntType(bits), mant))
+        return builder.bitcast(i, ftype)
+    return t(t), codegen
+
+
+_LOG2E = 1.4426950408889634
+_F = np.float32
+_LOG2E_F = _F(_LOG2E)
+_ONE_F, _TWO_F = _F(1), _F(2)
+
+
+def _exp64(x):
+    """e^x = 2^n e^r, |r| <= ln2 / 2, e^r by its Taylor series to r^13 / 13!."""
+    x = min(max(x, -700.0), 700.0)
+    t = x * _LOG2E + 6755399441055744.0                      # + 1.5 * 2^52 rounds n into t
+    n = t - 6755399441055744.0
+    r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10   # fdlibm's ln2
+    p = 1.6059043836821613e-10                              # 1 / 13!
+    p = p * r + 2.08767569878681e-09
+    p = p * r + 2.505210838544172e-08
+    p = p * r + 2.755731922398589e-07
+    p = p * r + 2.7557319223985893e-06
+    p = p * r + 2.48015873015873e-05
+    p = p * r + 0.0001984126984126984
+    p = p * r + 0.001388888888888889
+    p = p * r + 0.008333333333333333
+    p = p * r + 0.041666666666666664
+    p = p * r + 0.16666666666666666
+    p = p * r + 0.5
+    p = p * r + 1.0
+    p = p * r + 1.0                                          # 1 / 0!
+    return p * _pow2(t)
+
+
+_E32 = [_F(v) for v in (-87.0, 88.0, 12582912.0, 0.693359375, -2.12194440e-4, 1.9875691500e-4,
+                        1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+                        5.0000001201e-1)]
+(_LO_F, _HI_F, _SHIFT_F, _C1_F, _C2_F, _P0_F, _P1_F, _P2_F, _P3_F, _P4_F, _P5_F) = _E32
+
+
+def _exp32(x):
+    """Cephes' expf: e^x = 2^n (1 + r + r^2 P(r)), |r| <= ln2 / 2."""
+    x = min(max(x, _LO_F), _HI_F)
+    t = x * _LOG2E_F + _SHIFT_F
+    n = t - _SHIFT_F
+    r = (x - n * _C1_F) - n * _C2_F
+    p = ((((_P0_F * r + _P1_F) * r + _P2_F) * r + _P3_F) * r + _P4_F) * r + _P5_F
+    return ((p * r) * r + r + _ONE_F) * _pow2(t)
+
+
+def _tanh64(x):
+    """Cephes' tanh: a rational function below |x| = 0.625, 1 - 2 / (e^2|x| + 1) above."""
+    ax = abs(x)
+    z = ax * ax
+    small = ax + ax * z * (((-9.64399179425052238628e-1 * z - 9.92877231001918586564e1) * z
+                            - 1.61468768441708447952e3)
+                           / (((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z
+                              + 4.84406305325125486048e3))
+    y = small if ax < 0.625 else 1.0 - 2.0 / (_exp(2.0 * ax) + 1.0)
+    return y if x >= 0 else -y
+
+
+_T32 = [_F(v) for v in (0.625, -5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2,
+                        1.33314422036e-1, -3.33332819422e-1)]
+(_CUT_F, _Q0_F, _Q1_F, _Q2_F, _Q3_F, _Q4_F) = _T32
+
+
+def _tanh32(x):
+    """Cephes' tanhf: a polynomial below |x| = 0.625, 1 - 2 / (e^2|x| + 1) above."""
+    ax = abs(x)
+    z = ax * ax
+    small = ((((_Q0_F * z + _Q1_F) * z + _Q2_F) * z + _Q3_F) * z + _Q4_F) * z * ax + ax
+    y = small if ax < _CUT_F else _ONE_F - _TWO_F / (_exp(_TWO_F * ax) + _ONE_F)
+    return y if x >= 0 else -y
+
+
+def _sigmoid64(x):
+    return 1.0 / (1.0 + _exp(-x))
+
+
+def _sigmoid32(x):
+    return _ONE_F / (_ONE_F + _exp(-x))
+
+
+def _by_dtype(f32, f64):
+    """A function numba compiles as f32 for float32 arguments and as f64 otherwise."""
+    def stub(x):
+        raise NotImplementedError("compiled code only")
+
+    @overload(stub, jit_options=JIT)
+    def _impl(x):
+        return f32 if x == types.float32 else f64
+    return stub
+
+
+_exp = _by_dtype(_exp32, _exp64)
+_sigmoid = _by_dtype(_sigmoid32, _sigmoid64)
+_tanh = _by_dtype(_tanh32, _tanh64)
+
+
+@njit(**JIT)
+def _matmul_add(a, b, out):
+    """out += a @ b for C-contiguous 2-D arrays a (M, K), b (K, N), out (M, N)."""
+    M, K = a.shape
+    N = b.shape[1]
+    if M * K * N >= BLAS_MIN:
+        out += np.dot(a, b)
+        return
+    for m in range(M):
+        for k in range(K):
+            v = a[m, k]
+            if v != 0:
+                for n in range(N):
+                    out[m, n] += v * b[k, n]
+
+
+@njit(**JIT)
+def _carry(t, b, S, out):
+    """A padded step of sequence b: the state is carried, the output is zero."""
+    S[t + 1, b] = S[t, b]
+    out[t, b] = 0
+
+
+# -- tanh: h_t = tanh(xw_t + h_{t-1} U^T + bh); bh = 0 (paper) or b_hh (torch) ----------------
+
+@njit(**JIT)
+def tanh_forward(xw, UT, bh, h0, mask, out, S):
+    T, B, H = out.shape
+    S[0] = h0
+    a = np.empty((B, H), xw.dtype)
+    for t in range(T):
+        a[:] = xw[t] + bh
+        _matmul_add(S[t], UT, a)
+        for b in range(B):
+            if mask[t, b]:
+                for j in range(H):
+                    v = _tanh(a[b, j])
+                    S[t + 1, b, j] = v
+                    out[t, b, j] = v
+            else:
+                _carry(t, b, S, out)
+
+
+@njit(**JIT)
+def tanh_backward(dout, dhT, U, mask, S, dA):
+    """Fills dA; returns dh0."""
+    T, B, H = dout.shape
+    dh = dhT.copy()
+    for t in range(T - 1, -1, -1):
+        for b in range(B):
+            if mask[t, b]:
+                for j in range(H):
+                    y = S[t + 1, b, j]
+                    dA[t, b, j] = (dh[b, j] + dout[t, b, j]) * (1 - y * y)
+                    dh[b, j] = 0          # h_t depends on h_{t-1} only through the product
+            else:
+                dA[t, b] = 0
+        _matmul_add(dA[t], U, dh)
+    return dh
+
+
+# -- LSTM (paper: diagonal peepholes P = (V_i, V_f, V_o), bh = 0; torch: P = 0, bh = b_hh) ----
+
+@njit(**JIT)
+def lstm_forward(xw, UT, bh, P, h0, c0, mask, out, S, C, acts, tc):
+    """acts (T, 4, B, H) holds i, f, g, o gate-major; C (T+1, B, H) the cell states; tc (T, B, H)
+    tanh(c_t). Gate-major, every elementwise loop runs over all B*H entries at once (long
+    vectorized loops, no per-row remainders)."""
+    T, B, H = out.shape
+    n = B * H
+    S[0] = h0
+    C[0] = c0
+    a = np.empty((B, 4 * H), xw.dtype)
+    PB = np.empty((3, B, H), xw.dtype)          # the peepholes repeated over the batch
+    for k in range(3):
+        for b in range(B):
+            PB[k, b] = P[k]
+    pi, pf, po = PB[0].reshape(n), PB[1].reshape(n), PB[2].reshape(n)
+    for t in range(T):
+        a[:] = xw[t] + bh
+        _matmul_add(S[t], UT, a)
+        for k in range(4):
+            for b in range(B):
+                acts[t, k, b] = a[b, k * H:(k + 1) * H]
+        i, f = acts[t, 0].reshape(n), acts[t, 1].reshape(n)
+        g, o = acts[t, 2].reshape(n), acts[t, 3].reshape(n)
+        c_prev, c, y, h = C[t].reshape(n), C[t + 1].reshape(n), tc[t].reshape(n), S[t + 1].reshape(n)
+        for k in range(n):
+            i[k] = _sigmoid(i[k] + pi[k] * c_prev[k])
+        for k in range(n):
+            f[k] = _sigmoid(f[k] + pf[k] * c_prev[k])
+        for k in range(n):
+            g[k] = _tanh(g[k])
+        for k in range(n):
+            c[k] = f[k] * c_prev[k] + i[k] * g[k]
+        for k in range(n):
+            o[k] = _sigmoid(o[k] + po[k] * c[k])
+        for k in range(n):
+            y[k] = _tanh(c[k])
+        for k in range(n):
+            h[k] = o[k] * y[k]
+        out[t] = S[t + 1]
+        for b in range(B):
+            if not mask[t, b]:
+                _carry(t, b, S, out)
+                C[t + 1, b] = C[t, b]
+
+
+@njit(**JIT)
+def lstm_backward(dout, dhT, dcT, U, P, mask, C, acts, tc, dA):
+    """Fills dA (T, B, 4H); returns dh0, dc0. Gate-major flat loops like the forward."""
+    T, B, H = dout.shape
+    n = B * H
+    dh, dc = dhT.copy(), dcT.copy()
+    dhf, dcf = dh.reshape(n), dc.reshape(n)
+    held_h, held_c = np.empty_like(dh), np.empty_like(dc)   # padded rows: carried unchanged
+    dG = np.empty((4, B, H), dout.dtype)                      # this step's dA, gate-major
+    di, df, dg, do = dG[0].reshape(n), dG[1].reshape(n), dG[2].reshape(n), dG[3].reshape(n)
+    PB = np.empty((3, B, H), dout.dtype)
+    for k in range(3):
+        for b in range(B):
+            PB[k, b] = P[k]
+    pi, pf, po = PB[0].reshape(n), PB[1].reshape(n), PB[2].reshape(n)
+    for t in range(T - 1, -1, -1):
+        held_h[:] = dh
+        held_c[:] = dc
+        i, f = acts[t, 0].reshape(n), acts[t, 1].reshape(n)
+        g, o = acts[t, 2].reshape(n), acts[t, 3].reshape(n)
+        y, c_prev, go = tc[t].reshape(n), C[t].reshape(n), dout[t].reshape(n)
+        for k in range(n):
+            gh = dhf[k] + go[k]
+            do[k] = gh * y[k] * o[k] * (1 - o[k])
+            dcn = dcf[k] + gh * o[k] * (1 - y[k] * y[k]) + do[k] * po[k]
+            di[k] = dcn * g[k] * i[k] * (1 - i[k])
+            df[k] = dcn * c_prev[k] * f[k] * (1 - f[k])
+            dg[k] = dcn * i[k] * (1 - g[k] * g[k])
+            dcf[k] = dcn * f[k] + di[k] * pi[k] + df[k] * pf[k]
+            dhf[k] = 0
+        for b in range(B):
+            if mask[t, b]:
+                for k in range(4):
+                    dA[t, b, k * H:(k + 1) * H] = dG[k, b]
+            else:
+                dA[t, b] = 0
+                dh[b] = held_h[b]
+                dc[b] = held_c[b]
+        _matmul_add(dA[t], U, dh)
+    return dh, dc
+
+
+# -- GRU, paper: reset before the product; h_t = (1 - z) h + z n ----------------------------------
+
+@njit(**JIT)
+def gru_forward(xw, UT_rz, UT_n, h0, mask, out, S, Q, acts):
+    """acts (T, B, 3H) holds r, z, n; Q (T, B, H) is r * h_{t-1}, the input of U_n."""
+    T, B, H = out.shape
+    S[0] = h0
+    a = np.empty((B, 2 * H), xw.dtype)
+    an = np.empty((B, H), xw.dtype)
+    for t in range(T):
+        a[:] = xw[t, :, :2 * H]
+        _matmul_add(S[t], UT_rz, a)
+        for b in range(B):
+            for j in range(H):
+                r = _sigmoid(a[b, j])
+                acts[t, b, j] = r
+                acts[t, b, H + j] = _sigmoid(a[b, H + j])
+                Q[t, b, j] = r * S[t, b, j]
+        an[:] = xw[t, :, 2 * H:]
+        _matmul_add(Q[t], UT_n, an)
+        for b in range(B):
+            if not mask[t, b]:
+                _carry(t, b, S, out)
+                continue
+            for j in range(H):
+                n = _tanh(an[b, j])
+                z = acts[t, b, H + j]
+                h = (1 - z) * S[t, b, j] + z * n
+                acts[t, b, 2 * H + j] = n
+                S[t + 1, b, j], out[t, b, j] = h, h
+
+
+@njit(**JIT)
+def gru_backward(dout, dhT, U_rz, U_n, mask, S, acts, dA_rz, dA_n):
+    """Fills dA_rz (T, B, 2H) and dA_n (T, B, H); returns dh0."""
+    T, B, H = dout.shape
+    dh = dhT.copy()
+    dq = np.empty((B, H), dout.dtype)                 # gradient of r * h_{t-1}
+    for t in range(T - 1, -1, -1):
+        for b in range(B):
+            if not mask[t, b]:
+                dA_rz[t, b] = 0
+                dA_n[t, b] = 0
+                continue
+            for j in range(H):
+                z, n = acts[t, b, H + j], acts[t, b, 2 * H + j]
+                gh = dh[b, j] + dout[t, b, j]
+                dA_rz[t, b, H + j] = gh * (n - S[t, b, j]) * z * (1 - z)
+                dA_n[t, b, j] = gh * z * (1 - n * n)
+                dh[b, j] = gh * (1 - z)
+        dq[:] = 0
+        _matmul_add(dA_n[t], U_n, dq)
+        for b in range(B):
+            if mask[t, b]:
+                for j in range(H):
+                    r = acts[t, b, j]
+                    dA_rz[t, b, j] = dq[b, j] * S[t, b, j] * r * (1 - r)
+                    dh[b, j] += dq[b, j] * r
+        _matmul_add(dA_rz[t], U_rz, dh)
+    return dh
+
+
+# -- GRU, torch: n = tanh(xw_n + r * (U_n h + b_hn)); h_t = (1 - z) n + z h -------------------------
+
+@njit(**JIT)
+def gru_torch_forward(xw, UT, bh, h0, mask, out, S, HN, acts):
+    """acts (T, B, 3H) holds r, z, n; HN (T, B, H) is U_n h_{t-1} + b_hn; bh = b_hh (3H)."""
+    T, B, H = out.shape
+    S[0] = h0
+    a = np.empty((B, 3 * H), xw.dtype)
+    for t in range(T):
+        a[:] = bh
+        _matmul_add(S[t], UT, a)
+        for b in range(B):
+            if not mask[t, b]:
+                _carry(t, b, S, out)
+                continue
+            for j in range(H):
+                r = _sigmoid(xw[t, b, j] + a[b, j])
+                z = _sigmoid(xw[t, b, H + j] + a[b, H + j])
+                hn = a[b, 2 * H + j]
+                n = _tanh(xw[t, b, 2 * H + j] + r * hn)
+                h = (1 - z) * n + z * S[t, b, j]
+                acts[t, b, j], acts[t, b, H + j], acts[t, b, 2 * H + j] = r, z, n
+                HN[t, b, j] = hn
+                S[t + 1, b, j], out[t, b, j] = h, h
+
+
+@njit(**JIT)
+def gru_torch_backward(dout, dhT, U, mask, S, HN, acts, dA, dHN):
+    """Fills dA (= d xw) and dHN (d of U_n h + b_hn); returns dh0."""
+    T, B, H = dout.shape
+    dh = dhT.copy()
+    dhh = np.empty((B, 3 * H), dout.dtype)            # gradient of h_{t-1} U^T (+ b_hh)
+    for t in range(T - 1, -1, -1):
+        for b in range(B):
+            if not mask[t, b]:
+                dA[t, b] = 0
+                dHN[t, b] = 0
+                dhh[b] = 0
+                continue
+            for j in range(H):
+                r, z, n = acts[t, b, j], acts[t, b, H + j], acts[t, b, 2 * H + j]
+                gh = dh[b, j] + dout[t, b, j]
+                da_n = gh * (1 - z) * (1 - n * n)
+                da_r = da_n * HN[t, b, j] * r * (1 - r)
+                da_z = gh * (S[t, b, j] - n) * z * (1 - z)
+                dA[t, b, j], dA[t, b, H + j], dA[t, b, 2 * H + j] = da_r, da_z, da_n
+                dhh[b, j], dhh[b, H + j] = da_r, da_z
+                dhh[b, 2 * H + j] = da_n * r
+                dHN[t, b, j] = da_n * r
+                dh[b, j] = gh * z
+        _matmul_add(dhh, U, dh)
+    return dh

@@ -1,0 +1,220 @@
+"""The fast backend (gatedrnn/kernels) against the reference loop of cells.py, which
+tests/test_cells.py checks against numpy and torch.nn: outputs and every gradient (input, W, U,
+biases, peepholes, h0 / c0), in float64 to 1e-10 and float32 to 1e-5 relative, on padded and
+unbatched input, both variants, batch_first, with and without an initial state; gradcheck;
+weight noise; a training step; the fallbacks to the reference loop and their warnings.
+"""
+from contextlib import nullcontext
+
+import numpy as np
+import pytest
+import torch
+
+from gatedrnn import kernels
+from gatedrnn.cells import CELLS
+from gatedrnn.errors import UserError
+from gatedrnn.model import ModelConfig, SequenceModel
+from gatedrnn.train import PaperRMSprop, train_step
+from gatedrnn.data.batching import pad
+
+NAMES = list(CELLS)
+VARIANTS = ["paper", "torch"]
+TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
+
+
+def pair(name, variant, I, H, dtype, seed=0, **kwargs):
+    """The same unit twice: backend="reference" and backend="fast", random nonzero parameters."""
+    ref = CELLS[name](I, H, variant=variant, backend="reference", **kwargs).to(dtype)
+    g = torch.Generator().manual_seed(seed)
+    scale = min(0.5, 1 / H ** 0.5)     # a gain near 1: float32 rounding is not amplified
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    fast = CELLS[name](I, H, variant=variant, backend="fast", **kwargs).to(dtype)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def as_tuple(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
+def run(unit, x, state, seed, **kwargs):
+    """Forward, a loss weighting every output and final-state entry differently, backward.
+    Returns [output, *final state, x.grad, *state grads, *parameter grads]."""
+    x = x.clone().requires_grad_()
+    state = None if state is None else tuple(s.clone().requires_grad_() for s in state)
+    packed = None if state is None else state[0] if len(state) == 1 else state
+    out, final = unit(x, packed, **kwargs)
+    g = torch.Generator().manual_seed(seed)
+    loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum()
+    for s in as_tuple(final):
+        loss = loss + (s * torch.randn(s.shape, generator=g, dtype=s.dtype)).sum()
+    loss.backward()
+    grads = [x.grad] + ([] if state is None else [s.grad for s in state])
+    return [out, *as_tuple(final), *grads, *(p.grad for p in unit.parameters())]
+
+
+def assert_same(ours, reference, dtype):
+    assert len(ours) == len(reference)
+    for a, b in zip(ours, reference):
+        assert a.dtype == b.dtype == dtype and a.shape == b.shape
+        scale = max(1.0, b.abs().max().item())          # float32: relative to the largest entry
+        tol = TOL[dtype]
+        torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * scale)
+
+
+# (case, T, B, I, H): B * H * G*H crosses kernels.cpu.BLAS_MIN in "large", so both the plain
+# loop and the BLAS path of the per-step products are covered.
+CASES = [("padded", 7, 4, 3, 5), ("batch_first", 6, 3, 4, 6), ("no_state", 5, 2, 3, 4),
+         ("unbatched", 6, 1, 3, 5), ("large", 9, 16, 5, 20)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case, T, B, I, H", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", NAMES)
+def test_fast_matches_reference(name, variant, case, T, B, I, H, dtype):
+    batch_first = case == "batch_first"
+    ref, fast = pair(name, variant, I, H, dtype, seed=1, batch_first=batch_first)
+    g = torch.Generator().manual_seed(2)
+    shape = (T, I) if case == "unbatched" else (B, T, I) if batch_first else (T, B, I)
+    x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    state_shape = (1, H) if case == "unbatched" else (1, B, H)
+    state = None if case == "no_state" else tuple(
+        torch.randn(state_shape, generator=g, dtype=torch.float64).to(dtype)
+        for _ in range(ref.n_states))
+    kwargs = {}
+    if case in ("padded", "large"):
+        kwargs["lengths"] = torch.tensor([T, 2, 0, T - 1] + [T] * (B - 4))[:B]
+    if case == "batch_first":
+        kwargs["mask"] = torch.arange(T).unsqueeze(0) < torch.tensor([[T], [1], [4]])  # (B, T)
+    results = [run(unit, x, state, seed=3, **kwargs) for unit in (fast, ref)]
+    assert_same(*results, dtype)
+    assert all(torch.count_nonzero(t) > 0 for t in results[0]), "a gradient is all zero"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", NAMES)
+def test_gradcheck(name, variant):
+    ref, fast = pair(name, variant, 3, 2, torch.float64, seed=4)
+    names = [n for n, _ in fast.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in fast.parameters()]
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    state = [torch.randn(1, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
+             for _ in range(fast.n_states)]
+    k = len(state)
+
+    def f(x, *rest):
+        st = rest[0] if k == 1 else tuple(rest[:k])
+        out, final = torch.func.functional_call(fast, dict(zip(names, rest[k:])), (x, st),
+                                                {"lengths": torch.tensor([4, 2, 1])})
+        return (out, *as_tuple(final))
+
+    assert torch.autograd.gradcheck(f, (x, *state, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_weight_noise_same_draw_same_results(name):
+    """Noise is drawn on W and U before the kernel: with one seed both backends see the same
+    noisy weights, and gradients reach the parameters through them."""
+    ref, fast = pair(name, "paper", 3, 4, torch.float64, seed=6, weight_noise=0.3)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    results = []
+    for unit in (fast, ref):
+        torch.manual_seed(7)
+        results.append(run(unit, x, None, seed=8, lengths=torch.tensor([5, 3])))
+    assert_same(*results, torch.float64)
+    torch.manual_seed(9)
+    clean = run(ref.eval(), x, None, seed=8, lengths=torch.tensor([5, 3]))
+    assert (results[0][0] - clean[0]).abs().max() > 1e-3            # the noise did something
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_training_step_changes_parameters_like_reference(name):
+    torch.manual_seed(10)
+    examples = [(torch.rand(n, 6), (torch.rand(n, 6) > 0.5).float()) for n in (7, 4, 5)]
+    batch = pad(examples)
+    after = []
+    for backend in ("fast", "reference"):
+        torch.manual_seed(11)
+        model = SequenceModel(ModelConfig(cell=name, hidden_size=5, input_size=6, output_size=6,
+                                          weight_noise=0.075, backend=backend)).double()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        opt = PaperRMSprop(model.parameters(), lr=1e-2)
+        b = type(batch)(batch.inputs.double(), batch.targets.double(), batch.lengths)
+        torch.manual_seed(12)
+        loss, _ = train_step(model, opt, b, clip_norm=1.0)
+        assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+        after.append((loss, [p.detach() for p in model.parameters()]))
+    assert after[0][0] == pytest.approx(after[1][0], rel=1e-12)
+    assert_same(after[0][1], after[1][1], torch.float64)
+
+
+def test_double_backward_uses_reference_with_one_warning(monkeypatch):
+    monkeypatch.setattr(kernels, "_warned", set())
+    ref, fast = pair("gru", "paper", 3, 4, torch.float64, seed=13)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    second = []
+    for unit in (fast, ref):
+        xx = x.clone().requires_grad_()
+        out, _ = unit(xx)
+        with pytest.warns(RuntimeWarning, match="double backward") if unit is fast else nullcontext():
+            (gx,) = torch.autograd.grad(out.pow(2).sum(), xx, create_graph=True)
+        gx.pow(2).sum().backward()
+        second.append([p.grad for p in unit.parameters()])
+    assert_same(*second, torch.float64)
+    assert kernels._warned == {"double backward: the gradients are recomputed with the "
+                               "reference loop"}
+
+
+def test_unsupported_dtype_warns_once_and_runs_reference(monkeypatch):
+    monkeypatch.setattr(kernels, "_warned", set())
+    ref, fast = pair("lstm", "paper", 3, 4, torch.bfloat16, seed=14)
+    x = torch.randn(4, 2, 3).to(torch.bfloat16)
+    with pytest.warns(RuntimeWarning, match=r"backend='fast': dtype torch.bfloat16 is run by "
+                      r"the reference loop"):
+        out, _ = fast(x)
+    assert fast.backend_for(x) == "reference"
+    torch.testing.assert_close(out, ref(x)[0], rtol=0, atol=0)
+    assert len(kernels._warned) == 1
+
+
+def test_non_cpu_tensors_go_to_the_reference_loop(monkeypatch):
+    """CUDA (here: the meta device, which needs no GPU) is served by the reference loop."""
+    monkeypatch.setattr(kernels, "_warned", set())
+    unit = CELLS["gru"](3, 4).to("meta")
+    with pytest.warns(RuntimeWarning, match=r"meta tensors are run by the reference loop"):
+        out, h = unit(torch.empty(5, 2, 3, device="meta"))
+    assert out.shape == (5, 2, 4) and h.shape == (1, 2, 4) and out.device.type == "meta"
+
+
+def test_backend_for_and_bad_backend():
+    unit = CELLS["gru"](3, 4)
+    assert unit.backend == "fast" and unit.backend_for(torch.zeros(1)) == "fast"
+    assert CELLS["gru"](3, 4, backend="reference").backend_for(torch.zeros(1)) == "reference"
+    assert "backend='reference'" in repr(CELLS["tanh"](3, 4, backend="reference"))
+    with pytest.raises(UserError, match=r"backend must be one of fast, reference, got 'cuda'"):
+        CELLS["lstm"](3, 4, backend="cuda")
+
+
+@pytest.mark.parametrize("dtype, ulps", [(np.float64, 2), (np.float32, 3)])
+def test_math_functions_against_numpy(dtype, ulps):
+    """The vectorizable exp, sigmoid and tanh of kernels/cpu.py, to a few ulp."""
+    from numba import njit
+    from gatedrnn.kernels import cpu
+    x = np.concatenate([np.linspace(-20, 20, 20001), np.geomspace(1e-12, 1, 200),
+                        -np.geomspace(1e-12, 1, 200), [0.0, 0.625, -0.625]]).astype(dtype)
+    exact = x.astype(np.float64)
+    for name, ref in (("_exp", np.exp), ("_tanh", np.tanh), ("_sigmoid", lambda v: 1 / (1 + np.exp(-v)))):
+        stub = getattr(cpu, name)
+
+        @njit
+        def apply(v, out):
+            for i in range(v.size):
+                out[i] = stub(v[i])
+        got = np.empty_like(x)
+        apply(x, got)
+        np.testing.assert_allclose(got, ref(exact), rtol=ulps * np.finfo(dtype).eps, atol=0,
+                                   err_msg=name)
