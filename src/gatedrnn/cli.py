@@ -196,6 +196,13 @@ def shutil_width():
     return shutil.get_terminal_size((120, 20)).columns
 
 
+def print_results(paths):
+    """The files reproduce / report wrote, then table2.md (the first of them)."""
+    print("\n".join(str(p) for p in paths))
+    print()
+    print(paths[0].read_text(), end="")
+
+
 def cmd_reproduce(args):
     from dataclasses import asdict
     from .sweep import SWEPT, SweepConfig, reproduce
@@ -214,9 +221,7 @@ def cmd_reproduce(args):
                                   on_status=progress, poll=args.poll)
     finally:
         progress.close()
-    print("\n".join(str(p) for p in paths))
-    print()
-    print(paths[0].read_text(), end="")
+    print_results(paths)
 
 
 def cmd_worker(args):
@@ -243,9 +248,7 @@ def cmd_report(args):
     saved = Path(args.dir) / "sweep.json"          # the sweep's settings, if reproduce wrote them
     paths = write_results(Path(args.out or args.dir), found,
                           read_json(saved) if saved.is_file() else None)
-    print("\n".join(str(p) for p in paths))
-    print()
-    print(paths[0].read_text(), end="")
+    print_results(paths)
 
 
 def add_storage_options(p):

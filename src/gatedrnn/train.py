@@ -415,9 +415,14 @@ def save_epoch(run_dir, model, optimizer, rng, st, best_weights, run_config, imp
     rundir.write_csv(run_dir / rundir.CURVES, st.curves)
 
 
+def optimizer_params(optimizer):
+    """The optimizer's parameters in a fixed order: the index names their buffers."""
+    return [p for g in optimizer.param_groups for p in g["params"]]
+
+
 def optimizer_tensors(optimizer):
     """PaperRMSprop's buffers by parameter index: {"3.ms": ..., "3.v": ...}."""
-    params = [p for g in optimizer.param_groups for p in g["params"]]
+    params = optimizer_params(optimizer)
     return {f"{i}.{k}": v for i, p in enumerate(params) for k, v in optimizer.state[p].items()}
 
 
@@ -435,7 +440,7 @@ def restore_checkpoint(saved, run_dir, model, optimizer, rng, run_config):
         model.load_state_dict(parts["model"])
         best = SequenceModel(model.config)
         best.load_state_dict(parts["best"])
-        params = [p for g in optimizer.param_groups for p in g["params"]]
+        params = optimizer_params(optimizer)
         buffers = parts.get("optimizer", {})
         if set(buffers) != {f"{i}.{k}" for i in range(len(params)) for k in ("ms", "v")}:
             raise ValueError("optimizer buffers do not match the model's parameters")
