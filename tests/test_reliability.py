@@ -86,6 +86,14 @@ def checkpoint_epoch(run):
     return rundir.load_checkpoint(path)[1]["epoch"] if path.exists() else 0
 
 
+def wait_for_new_epoch(run, p, epoch, timeout=120):
+    """Poll until ``run``'s checkpoint is past ``epoch`` (or the process ended); the time then."""
+    deadline = time.monotonic() + timeout
+    while checkpoint_epoch(run) == epoch and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return time.monotonic()
+
+
 def assert_readable(run):
     """Every file present is whole: parses as what it claims to be."""
     for name in ("config.json", "metrics.json"):
@@ -114,10 +122,12 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(ti
         if round_ == 0:
             time.sleep(rng.uniform(0.2, 1.5))
         else:
-            deadline = time.monotonic() + 120
-            while checkpoint_epoch(run) == before and p.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 0.3))
+            # wait for two new epochs, then kill within the time the last one took: a moment
+            # inside the next epoch, however fast this machine trains (a fixed delay let a
+            # quiet machine finish the whole run first)
+            marks = [wait_for_new_epoch(run, p, before)]
+            marks.append(wait_for_new_epoch(run, p, checkpoint_epoch(run)))
+            time.sleep(rng.uniform(0.0, min(0.3, marks[1] - marks[0])))
         p.send_signal(signal.SIGKILL)
         err = p.communicate()[1]
         assert p.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {err}"
