@@ -416,10 +416,11 @@ def work(storage, sweep, out, data_dir=None, log=print, poll=2.0, max_trials=Non
 
 def _pop(storage, sweep, manifest):
     """Take one waiting trial (atomically: set_trial_state_values to RUNNING succeeds for one
-    worker only), lr phases first."""
+    worker only), seeds phases first: a group whose lr phase has settled is finished before
+    new lr trials start, so a sweep cut short leaves whole table rows, in --datasets order."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
-    for phase in PHASES:
+    for phase in reversed(PHASES):
         for group in map(tuple, manifest.user_attrs["groups"]):
             study = _load(storage, study_name(sweep, *group, phase))
             if study is None:
