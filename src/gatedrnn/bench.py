@@ -7,6 +7,12 @@ torch.nn time / ours. Throughput is also shown as a fraction of this machine's f
 peak (a large matmul at the same thread count), counting the recurrence's matmul FLOPs:
 forward h U^T, backward dA U and dU, 3 * 2 * T * B * H * G*H.
 
+Inputs: ``music`` feeds piano rolls as the paper's music models read them, binary with
+``NOTES_ON`` of 88 notes on per step on average (the four datasets' training sets have 3.0-4.0),
+which the fast backend projects by adding W's columns (kernels.project); ``music-dense`` feeds
+uniform random inputs of the same width, where both sides pay the dense input projection;
+``speech`` feeds dense frames (uniform random, 20 samples).
+
 Then one training epoch of Nottingham per unit: our default backend against the same model built
 on torch.nn (same sizes, head, batch size, optimizer; no weight noise in either).
 """
@@ -20,7 +26,9 @@ from torch import nn
 from .cells import CELLS
 from .model import TABLE1_UNITS, ModelConfig, SequenceModel
 
-INPUTS = {"music": 88, "speech": 20}
+INPUTS = {"music": 88, "music-dense": 88, "speech": 20}
+TASKS = tuple(INPUTS)
+NOTES_ON = 4.0   # mean notes on per step in the music microbenchmark's random piano rolls
 IMPLS = ("fast", "reference", "torch.nn")
 
 
@@ -58,10 +66,18 @@ def forward_backward(module, x):
     out.sum().backward()
 
 
-def time_units(cell, I, H, T, B, repeats, impls=IMPLS):
+def inputs(task, T, B):
+    """(T, B, I) float32 inputs of ``task`` (see the module docstring)."""
+    I = INPUTS[task]
+    if task == "music":
+        return (torch.rand(T, B, I) < NOTES_ON / I).float()
+    return torch.rand(T, B, I)
+
+
+def time_units(cell, task, H, T, B, repeats, impls=IMPLS):
     """{impl: median seconds} of forward + backward, interleaved repeats after one warm-up."""
-    mods = {k: m for k, m in units(cell, I, H).items() if k in impls}
-    x = torch.rand(T, B, I)
+    x = inputs(task, T, B)
+    mods = {k: m for k, m in units(cell, x.shape[-1], H).items() if k in impls}
     for m in mods.values():
         forward_backward(m, x)                              # warm-up (and numba compile)
     times = {k: [] for k in mods}
@@ -112,7 +128,7 @@ def time_epochs(cell, examples, batch_size, repeats, seed=0):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def run(tasks=("music", "speech"), cells=tuple(CELLS), batches=(1, 32), T=200, repeats=5,
+def run(tasks=TASKS, cells=tuple(CELLS), batches=(1, 32), T=200, repeats=5,
         epoch=True, data_dir=None, epoch_batch_size=32, epoch_repeats=1, log=print):
     """Time everything and print the tables; returns the rows."""
     import numba
@@ -128,11 +144,10 @@ def run(tasks=("music", "speech"), cells=tuple(CELLS), batches=(1, 32), T=200, r
     log("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     rows = []
     for task in tasks:
-        I = INPUTS[task]
         for cell in cells:
-            H = TABLE1_UNITS[task][cell]
+            H = TABLE1_UNITS[task.split("-")[0]][cell]
             for B in batches:
-                t = time_units(cell, I, H, T, B, repeats)
+                t = time_units(cell, task, H, T, B, repeats)
                 flops = recurrence_flops(cell, T, B, H)
                 row = {"task": task, "cell": cell, "H": H, "B": B, **t,
                        "peak_fraction": flops / t["fast"] / peak}

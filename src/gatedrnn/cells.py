@@ -137,8 +137,10 @@ class RecurrentUnit(nn.Module):
         if mask is not None:  # padding never reaches the arithmetic, not even as NaN
             x = torch.where(mask.unsqueeze(2), x, 0.0)
         w = self.weights()
-        xw = F.linear(x, w["weight_ih"], w[_input_bias_name(self.variant)])  # (T, B, G*H), all steps
-        if self.backend_for(xw, *state) == "fast":
+        backend = self.backend_for(x, w["weight_ih"], *state)
+        project = kernels.project if backend == "fast" else F.linear
+        xw = project(x, w["weight_ih"], w[_input_bias_name(self.variant)])  # (T, B, G*H), all steps
+        if backend == "fast":
             output, state = kernels.scan(self.fast_kernels[self.variant], self.step, xw, w, state, mask)
         else:
             output, state = reference_scan(self.step, xw, state, w, mask)

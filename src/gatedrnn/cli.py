@@ -337,8 +337,10 @@ def build_parser():
     p = sub.add_parser("bench", help="time our units against torch.nn's (forward + backward, "
                        "and a Nottingham training epoch)")
     p.add_argument("--units", nargs="+", choices=list(CELLS), default=list(CELLS))
-    p.add_argument("--tasks", nargs="+", choices=["music", "speech"], default=["music", "speech"],
-                   help="Table 1 sizes: music (88 inputs) and/or speech (20 inputs)")
+    from .bench import TASKS
+    p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS),
+                   help="Table 1 sizes: music (88 inputs, piano rolls), music-dense (88 random "
+                   "inputs), speech (20 inputs); default all")
     p.add_argument("--batches", nargs="+", type=int, default=[1, 32])
     p.add_argument("--steps", type=int, help="time steps (default 200; 100 with --quick)")
     p.add_argument("--repeats", type=int, help="interleaved repeats (default 7; 3 with --quick)")

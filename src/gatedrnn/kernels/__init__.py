@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 BACKENDS = ("fast", "reference")
 DTYPES = (torch.float32, torch.float64)
@@ -75,6 +76,54 @@ def unsupported(*tensors):
     if _load() is None:
         return f"numba is not importable ({_cpu}); using the reference loop"
     return None
+
+
+# A binary input with at most this fraction of ones is projected by adding W's columns
+# (kernels.cpu.binary_project); denser or non-binary inputs take one dense matmul.
+SPARSE_MAX = 1 / 8
+
+
+def project(x, weight, bias):
+    """x W^T + bias for all steps at once (x (..., I), weight (G, I), bias (G,) or None), as
+    F.linear. A binary x (piano rolls: 0/1, mostly 0) that needs no gradient is projected by
+    adding the columns of W for the ones, forward and backward; anything else is F.linear."""
+    I = x.shape[-1]
+    if x.requires_grad or x.numel() == 0 or unsupported(x, weight, *(() if bias is None else (bias,))):
+        return F.linear(x, weight, bias)
+    flat = _numpy(x.reshape(-1, I))
+    ptr = np.empty(flat.shape[0] + 1, np.int32)
+    cols = np.empty(max(1, int(flat.size * SPARSE_MAX)), np.int32)
+    if _cpu.binary_csr(flat, ptr, cols) < 0:
+        return F.linear(x, weight, bias)
+    xw = _Project.apply((ptr, cols), weight, bias)
+    return xw.reshape(*x.shape[:-1], weight.shape[0])
+
+
+class _Project(torch.autograd.Function):
+    """x W^T + b for a binary x held as CSR (row pointers, column indices of the ones)."""
+
+    @staticmethod
+    def forward(ctx, csr, weight, bias):
+        ptr, cols = csr
+        G = weight.shape[0]
+        out = np.empty((len(ptr) - 1, G), _numpy(weight).dtype)
+        b = np.zeros(G, out.dtype) if bias is None else _numpy(bias)
+        _cpu.binary_project(ptr, cols, np.ascontiguousarray(_numpy(weight).T), b, out)
+        ctx.csr, ctx.shape = csr, weight.shape
+        return torch.from_numpy(out)
+
+    @staticmethod
+    def backward(ctx, dout):
+        ptr, cols = ctx.csr
+        d = _numpy(dout)
+        dW = db = None
+        if ctx.needs_input_grad[1]:
+            dWT = np.zeros((ctx.shape[1], ctx.shape[0]), d.dtype)
+            _cpu.binary_project_grad(ptr, cols, d, dWT)
+            dW = torch.from_numpy(dWT).T
+        if ctx.needs_input_grad[2]:
+            db = dout.sum(0)
+        return None, dW, db
 
 
 def scan(kernel, step, xw, weights, state, mask):

@@ -18,14 +18,49 @@ kernels return. Conventions for every kernel:
 The step equations are cells.py's, one line per gate; tests/test_kernels.py checks every output
 and gradient against it.
 """
-import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic, overload
+import ctypes
+import glob
+import os
 
-# m*k*n of a per-step product from which BLAS (np.dot) beats the plain loop below (measured on
-# the 2-core machine, float32: already at 1 x 100 x 100 and 32 x 36 x 144, 15-50% faster).
+import numpy as np
+from llvmlite import binding, ir
+from numba import njit, types
+from numba.extending import get_cython_function_address, intrinsic, overload
+
+# m*k*n of a per-step product from which BLAS beats the plain loop below (measured on the 2-core
+# machine, float32: already at 1 x 100 x 100 and 32 x 36 x 144, 15-50% faster).
 BLAS_MIN = 1 << 12
+
+
+# -- BLAS: the per-step products call the Fortran sgemm_ / dgemm_ that torch itself uses -------
+# torch's x86 wheels carry MKL and export its sgemm_ / dgemm_; at these sizes MKL is 1.2-1.5x
+# faster than the OpenBLAS behind numba's np.dot (32 x 195 @ 195 x 780: 150 vs 230 us). Where
+# torch has none, scipy's OpenBLAS serves. The compiled code calls the names gatedrnn_sgemm /
+# gatedrnn_dgemm, bound here to addresses in each process, so numba's on-disk cache stays valid.
+
+def _bind_blas():
+    """Bind gatedrnn_[sd]gemm to torch's BLAS, else scipy's; returns which one."""
+    import torch
+    for path in glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.*")):
+        try:
+            lib = ctypes.CDLL(path)
+            addresses = [ctypes.cast(getattr(lib, f"{t}gemm_"), ctypes.c_void_p).value for t in "sd"]
+        except (OSError, AttributeError):
+            continue
+        name = "torch's BLAS (MKL)"
+        break
+    else:
+        addresses = [get_cython_function_address("scipy.linalg.cython_blas", f"{t}gemm") for t in "sd"]
+        name = "scipy's OpenBLAS"
+    for t, address in zip("sd", addresses):
+        binding.add_symbol(f"gatedrnn_{t}gemm", address)
+    return name
+
+
+BLAS = _bind_blas()
+_P = types.intp       # every Fortran BLAS argument is a pointer
+_sgemm = types.ExternalFunction("gatedrnn_sgemm", types.void(*[_P] * 13))
+_dgemm = types.ExternalFunction("gatedrnn_dgemm", types.void(*[_P] * 13))
 
 # error_model="numpy": x / 0 gives inf instead of raising, which lets LLVM vectorize the loops.
 JIT = dict(cache=True, fastmath=False, nogil=True, error_model="numpy")
@@ -146,13 +181,25 @@ _tanh = _by_dtype(_tanh32, _tanh64)
 
 
 @njit(**JIT)
-def _matmul_add(a, b, out):
-    """out += a @ b for C-contiguous 2-D arrays a (M, K), b (K, N), out (M, N)."""
+def _matmul(a, b, out):
+    """out = a @ b for C-contiguous 2-D arrays a (M, K), b (K, N), out (M, N). BLAS writes into
+    out (no temporary); the callers fold the additions into their elementwise loops."""
     M, K = a.shape
     N = b.shape[1]
     if M * K * N >= BLAS_MIN:
-        out += np.dot(a, b)
+        # row-major out = a b is column-major out^T = b^T a^T: gemm("N", "N", N, M, K, ...)
+        args = np.array([ord("N"), N, M, K], np.int32)
+        scale = np.zeros(2, a.dtype)
+        scale[0] = 1
+        p = args.ctypes.data
+        if scale.itemsize == 4:       # float32
+            _sgemm(p, p, p + 4, p + 8, p + 12, scale.ctypes.data, b.ctypes.data, p + 4,
+                   a.ctypes.data, p + 12, scale.ctypes.data + scale.itemsize, out.ctypes.data, p + 4)
+        else:
+            _dgemm(p, p, p + 4, p + 8, p + 12, scale.ctypes.data, b.ctypes.data, p + 4,
+                   a.ctypes.data, p + 12, scale.ctypes.data + scale.itemsize, out.ctypes.data, p + 4)
         return
+    out[:] = 0
     for m in range(M):
         for k in range(K):
             v = a[m, k]
@@ -176,12 +223,11 @@ def tanh_forward(xw, UT, bh, h0, mask, out, S):
     S[0] = h0
     a = np.empty((B, H), xw.dtype)
     for t in range(T):
-        a[:] = xw[t] + bh
-        _matmul_add(S[t], UT, a)
+        _matmul(S[t], UT, a)
         for b in range(B):
             if mask[t, b]:
                 for j in range(H):
-                    v = _tanh(a[b, j])
+                    v = _tanh(xw[t, b, j] + (a[b, j] + bh[j]))
                     S[t + 1, b, j] = v
                     out[t, b, j] = v
             else:
@@ -193,16 +239,19 @@ def tanh_backward(dout, dhT, U, mask, S, dA):
     """Fills dA; returns dh0."""
     T, B, H = dout.shape
     dh = dhT.copy()
+    prod = np.empty_like(dh)                          # dA_t U
     for t in range(T - 1, -1, -1):
         for b in range(B):
             if mask[t, b]:
                 for j in range(H):
                     y = S[t + 1, b, j]
                     dA[t, b, j] = (dh[b, j] + dout[t, b, j]) * (1 - y * y)
-                    dh[b, j] = 0          # h_t depends on h_{t-1} only through the product
             else:
                 dA[t, b] = 0
-        _matmul_add(dA[t], U, dh)
+        _matmul(dA[t], U, prod)
+        for b in range(B):
+            if mask[t, b]:                # h_t depends on h_{t-1} only through the product
+                dh[b] = prod[b]
     return dh
 
 
@@ -224,11 +273,11 @@ def lstm_forward(xw, UT, bh, P, h0, c0, mask, out, S, C, acts, tc):
             PB[k, b] = P[k]
     pi, pf, po = PB[0].reshape(n), PB[1].reshape(n), PB[2].reshape(n)
     for t in range(T):
-        a[:] = xw[t] + bh
-        _matmul_add(S[t], UT, a)
+        _matmul(S[t], UT, a)
         for k in range(4):
             for b in range(B):
-                acts[t, k, b] = a[b, k * H:(k + 1) * H]
+                for j in range(H):
+                    acts[t, k, b, j] = xw[t, b, k * H + j] + (a[b, k * H + j] + bh[k * H + j])
         i, f = acts[t, 0].reshape(n), acts[t, 1].reshape(n)
         g, o = acts[t, 2].reshape(n), acts[t, 3].reshape(n)
         c_prev, c, y, h = C[t].reshape(n), C[t + 1].reshape(n), tc[t].reshape(n), S[t + 1].reshape(n)
@@ -261,6 +310,7 @@ def lstm_backward(dout, dhT, dcT, U, P, mask, C, acts, tc, dA):
     dh, dc = dhT.copy(), dcT.copy()
     dhf, dcf = dh.reshape(n), dc.reshape(n)
     held_h, held_c = np.empty_like(dh), np.empty_like(dc)   # padded rows: carried unchanged
+    prod = np.empty_like(dh)                                  # dA_t U
     dG = np.empty((4, B, H), dout.dtype)                      # this step's dA, gate-major
     di, df, dg, do = dG[0].reshape(n), dG[1].reshape(n), dG[2].reshape(n), dG[3].reshape(n)
     PB = np.empty((3, B, H), dout.dtype)
@@ -282,16 +332,16 @@ def lstm_backward(dout, dhT, dcT, U, P, mask, C, acts, tc, dA):
             df[k] = dcn * c_prev[k] * f[k] * (1 - f[k])
             dg[k] = dcn * i[k] * (1 - g[k] * g[k])
             dcf[k] = dcn * f[k] + di[k] * pi[k] + df[k] * pf[k]
-            dhf[k] = 0
         for b in range(B):
             if mask[t, b]:
                 for k in range(4):
                     dA[t, b, k * H:(k + 1) * H] = dG[k, b]
             else:
                 dA[t, b] = 0
-                dh[b] = held_h[b]
                 dc[b] = held_c[b]
-        _matmul_add(dA[t], U, dh)
+        _matmul(dA[t], U, prod)
+        for b in range(B):
+            dh[b] = prod[b] if mask[t, b] else held_h[b]
     return dh, dc
 
 
@@ -305,22 +355,20 @@ def gru_forward(xw, UT_rz, UT_n, h0, mask, out, S, Q, acts):
     a = np.empty((B, 2 * H), xw.dtype)
     an = np.empty((B, H), xw.dtype)
     for t in range(T):
-        a[:] = xw[t, :, :2 * H]
-        _matmul_add(S[t], UT_rz, a)
+        _matmul(S[t], UT_rz, a)
         for b in range(B):
             for j in range(H):
-                r = _sigmoid(a[b, j])
+                r = _sigmoid(xw[t, b, j] + a[b, j])
                 acts[t, b, j] = r
-                acts[t, b, H + j] = _sigmoid(a[b, H + j])
+                acts[t, b, H + j] = _sigmoid(xw[t, b, H + j] + a[b, H + j])
                 Q[t, b, j] = r * S[t, b, j]
-        an[:] = xw[t, :, 2 * H:]
-        _matmul_add(Q[t], UT_n, an)
+        _matmul(Q[t], UT_n, an)
         for b in range(B):
             if not mask[t, b]:
                 _carry(t, b, S, out)
                 continue
             for j in range(H):
-                n = _tanh(an[b, j])
+                n = _tanh(xw[t, b, 2 * H + j] + an[b, j])
                 z = acts[t, b, H + j]
                 h = (1 - z) * S[t, b, j] + z * n
                 acts[t, b, 2 * H + j] = n
@@ -333,6 +381,7 @@ def gru_backward(dout, dhT, U_rz, U_n, mask, S, acts, dA_rz, dA_n):
     T, B, H = dout.shape
     dh = dhT.copy()
     dq = np.empty((B, H), dout.dtype)                 # gradient of r * h_{t-1}
+    prod = np.empty((B, H), dout.dtype)               # dA_rz,t U_rz
     for t in range(T - 1, -1, -1):
         for b in range(B):
             if not mask[t, b]:
@@ -345,15 +394,17 @@ def gru_backward(dout, dhT, U_rz, U_n, mask, S, acts, dA_rz, dA_n):
                 dA_rz[t, b, H + j] = gh * (n - S[t, b, j]) * z * (1 - z)
                 dA_n[t, b, j] = gh * z * (1 - n * n)
                 dh[b, j] = gh * (1 - z)
-        dq[:] = 0
-        _matmul_add(dA_n[t], U_n, dq)
+        _matmul(dA_n[t], U_n, dq)
         for b in range(B):
             if mask[t, b]:
                 for j in range(H):
                     r = acts[t, b, j]
                     dA_rz[t, b, j] = dq[b, j] * S[t, b, j] * r * (1 - r)
                     dh[b, j] += dq[b, j] * r
-        _matmul_add(dA_rz[t], U_rz, dh)
+        _matmul(dA_rz[t], U_rz, prod)
+        for b in range(B):
+            for j in range(H):
+                dh[b, j] += prod[b, j]
     return dh
 
 
@@ -366,16 +417,15 @@ def gru_torch_forward(xw, UT, bh, h0, mask, out, S, HN, acts):
     S[0] = h0
     a = np.empty((B, 3 * H), xw.dtype)
     for t in range(T):
-        a[:] = bh
-        _matmul_add(S[t], UT, a)
+        _matmul(S[t], UT, a)
         for b in range(B):
             if not mask[t, b]:
                 _carry(t, b, S, out)
                 continue
             for j in range(H):
-                r = _sigmoid(xw[t, b, j] + a[b, j])
-                z = _sigmoid(xw[t, b, H + j] + a[b, H + j])
-                hn = a[b, 2 * H + j]
+                r = _sigmoid(xw[t, b, j] + (a[b, j] + bh[j]))
+                z = _sigmoid(xw[t, b, H + j] + (a[b, H + j] + bh[H + j]))
+                hn = a[b, 2 * H + j] + bh[2 * H + j]
                 n = _tanh(xw[t, b, 2 * H + j] + r * hn)
                 h = (1 - z) * n + z * S[t, b, j]
                 acts[t, b, j], acts[t, b, H + j], acts[t, b, 2 * H + j] = r, z, n
@@ -389,6 +439,7 @@ def gru_torch_backward(dout, dhT, U, mask, S, HN, acts, dA, dHN):
     T, B, H = dout.shape
     dh = dhT.copy()
     dhh = np.empty((B, 3 * H), dout.dtype)            # gradient of h_{t-1} U^T (+ b_hh)
+    prod = np.empty((B, H), dout.dtype)               # dhh U
     for t in range(T - 1, -1, -1):
         for b in range(B):
             if not mask[t, b]:
@@ -407,5 +458,56 @@ def gru_torch_backward(dout, dhT, U, mask, S, HN, acts, dA, dHN):
                 dhh[b, 2 * H + j] = da_n * r
                 dHN[t, b, j] = da_n * r
                 dh[b, j] = gh * z
-        _matmul_add(dhh, U, dh)
+        _matmul(dhh, U, prod)
+        for b in range(B):
+            for j in range(H):
+                dh[b, j] += prod[b, j]
     return dh
+
+
+# -- input projection of binary inputs (piano rolls): xw = x W^T + b by adding W's columns ------
+# A piano roll has 3-7 of its 88 notes on per step, so gathering the columns of the notes that are
+# on does ~5% of a dense product's arithmetic, forward (xw) and backward (dW) alike.
+
+@njit(**JIT)
+def binary_csr(x, ptr, cols):
+    """The notes on in each row of x (N, I) as CSR (ptr (N+1,), cols); their count, or -1 if x
+    holds a value other than 0 and 1 (NaN included) or more ones than cols can hold."""
+    N, I = x.shape
+    bad = x.dtype.type(0)
+    n = 0
+    for r in range(N):
+        ptr[r] = n
+        for i in range(I):
+            v = x[r, i]
+            bad += abs(v * (v - 1))     # 0 for 0 and 1; > 0 (or NaN) for anything else
+            cols[n] = i
+            n += v != 0
+            if n == cols.shape[0]:
+                return -1
+    ptr[N] = n
+    return -1 if bad != 0 else n
+
+
+@njit(**JIT)
+def binary_project(ptr, cols, WT, bias, out):
+    """out (N, G) = x W^T + bias for the binary x held as CSR; WT (I, G) = W^T."""
+    N, G = out.shape
+    for r in range(N):
+        for g in range(G):
+            out[r, g] = bias[g]
+        for k in range(ptr[r], ptr[r + 1]):
+            c = cols[k]
+            for g in range(G):
+                out[r, g] += WT[c, g]
+
+
+@njit(**JIT)
+def binary_project_grad(ptr, cols, dout, dWT):
+    """dWT (I, G, zeroed by the caller) += x^T dout for the binary x held as CSR."""
+    N, G = dout.shape
+    for r in range(N):
+        for k in range(ptr[r], ptr[r + 1]):
+            c = cols[k]
+            for g in range(G):
+                dWT[c, g] += dout[r, g]
