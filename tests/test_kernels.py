@@ -2,13 +2,15 @@
 tests/test_cells.py checks against numpy and torch.nn: outputs and every gradient (input, W, U,
 biases, peepholes, h0 / c0), in float64 to 1e-10 and float32 to 1e-5 relative, on padded and
 unbatched input, both variants, batch_first, with and without an initial state; gradcheck;
-weight noise; a training step; the fallbacks to the reference loop and their warnings.
+weight noise; a training step; the fallbacks to the reference loop and their warnings; the
+projection of binary (piano-roll) inputs and when it is used.
 """
 from contextlib import nullcontext
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gatedrnn import kernels
 from gatedrnn.cells import CELLS
@@ -39,10 +41,10 @@ def as_tuple(state):
     return state if isinstance(state, tuple) else (state,)
 
 
-def run(unit, x, state, seed, **kwargs):
+def run(unit, x, state, seed, x_grad=True, **kwargs):
     """Forward, a loss weighting every output and final-state entry differently, backward.
-    Returns [output, *final state, x.grad, *state grads, *parameter grads]."""
-    x = x.clone().requires_grad_()
+    Returns [output, *final state, x.grad (if x_grad), *state grads, *parameter grads]."""
+    x = x.clone().requires_grad_(x_grad)
     state = None if state is None else tuple(s.clone().requires_grad_() for s in state)
     packed = None if state is None else state[0] if len(state) == 1 else state
     out, final = unit(x, packed, **kwargs)
@@ -51,7 +53,7 @@ def run(unit, x, state, seed, **kwargs):
     for s in as_tuple(final):
         loss = loss + (s * torch.randn(s.shape, generator=g, dtype=s.dtype)).sum()
     loss.backward()
-    grads = [x.grad] + ([] if state is None else [s.grad for s in state])
+    grads = [x.grad] * x_grad + ([] if state is None else [s.grad for s in state])
     return [out, *as_tuple(final), *grads, *(p.grad for p in unit.parameters())]
 
 
@@ -218,3 +220,74 @@ def test_math_functions_against_numpy(dtype, ulps):
         apply(x, got)
         np.testing.assert_allclose(got, ref(exact), rtol=ulps * np.finfo(dtype).eps, atol=0,
                                    err_msg=name)
+
+
+def binary(shape, density, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g) < density).to(dtype)
+
+
+@pytest.fixture
+def projected(monkeypatch):
+    """Counts the calls of the binary projection kernel."""
+    kernels._load()
+    calls = []
+    original = kernels._cpu.binary_project
+    monkeypatch.setattr(kernels._cpu, "binary_project", lambda *a: calls.append(1) or original(*a))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_binary_projection_matches_linear(projected, dtype, with_bias):
+    g = torch.Generator().manual_seed(20)
+    x = binary((9, 5, 30), 0.05, seed=21, dtype=dtype)
+    x[0, 0] = 0                               # a row with no ones
+    x[1, 1, :3] = 1
+    W = torch.randn(12, 30, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    b = torch.randn(12, generator=g, dtype=torch.float64).to(dtype).requires_grad_() if with_bias else None
+    dy = torch.randn(9, 5, 12, generator=g, dtype=torch.float64).to(dtype)
+    results = []
+    for f in (kernels.project, F.linear):
+        y = f(x, W, b)
+        wrt = [W] + ([b] if with_bias else [])
+        results.append([y, *torch.autograd.grad(y, wrt, dy)])
+    assert projected == [1]
+    assert_same(*results, dtype)
+
+
+@pytest.mark.parametrize("case", ["not binary", "NaN", "dense", "needs grad", "empty"])
+def test_projection_falls_back_to_linear(projected, case):
+    x = binary((6, 4, 16), 0.1, seed=22)
+    if case == "not binary":
+        x[2, 1, 3] = 0.5
+    elif case == "NaN":
+        x[5, 3, 15] = float("nan")
+    elif case == "dense":
+        x = binary((6, 4, 16), 0.5, seed=22)
+    elif case == "needs grad":
+        x.requires_grad_()
+    elif case == "empty":
+        x = x[:0]
+    W = torch.randn(8, 16, dtype=torch.float64, requires_grad=True)
+    y = kernels.project(x, W, None)
+    torch.testing.assert_close(y, F.linear(x, W), rtol=0, atol=0, equal_nan=True)
+    assert projected == []
+    if case == "needs grad":
+        y.sum().backward()
+        torch.testing.assert_close(x.grad, W.sum(0).expand(6, 4, 16), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", NAMES)
+def test_fast_matches_reference_on_piano_rolls(projected, name, variant):
+    """Binary inputs that need no gradient (data) take the binary projection; padded steps may
+    hold anything, they are masked before it."""
+    ref, fast = pair(name, variant, 20, 6, torch.float64, seed=23)
+    x = binary((8, 4, 20), 0.08, seed=24)
+    x[6:, 1] = 7.0                                     # padding, never read
+    state = tuple(torch.randn(1, 4, 6, dtype=torch.float64) for _ in range(ref.n_states))
+    results = [run(unit, x, state, seed=25, x_grad=False, lengths=torch.tensor([8, 6, 3, 1]))
+               for unit in (fast, ref)]
+    assert_same(*results, torch.float64)
+    assert projected == [1]

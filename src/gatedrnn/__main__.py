@@ -1,0 +1,6 @@
+"""python -m gatedrnn: the gatedrnn command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
