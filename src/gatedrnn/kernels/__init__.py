@@ -262,13 +262,11 @@ class LSTM:
         U, P, S, C, acts, tc, names = saved
         dout, dhT, dcT = grads
         dA = np.empty_like(acts, shape=(acts.shape[0], acts.shape[2], 4 * acts.shape[3]))
-        dh0, dc0 = _cpu.lstm_backward(dout, dhT, dcT, U, P, mask, C, acts, tc, dA)
-        H = U.shape[1]
+        dP = np.zeros_like(acts, shape=(3, *dout.shape[1:]))
+        dh0, dc0 = _cpu.lstm_backward(dout, dhT, dcT, U, P, mask, C, acts, tc, dA, dP)
         extra = {"bias_hh": dA.sum((0, 1))} if "bias_hh" in names else {}
-        if "peephole" in names:            # V_i, V_f see c_{t-1}; V_o sees c_t
-            extra["peephole"] = np.stack([(dA[..., :H] * C[:-1]).sum((0, 1)),
-                                          (dA[..., H:2 * H] * C[:-1]).sum((0, 1)),
-                                          (dA[..., 3 * H:] * C[1:]).sum((0, 1))])
+        if "peephole" in names:
+            extra["peephole"] = dP.sum(1)
         return (dA, _dU(dA, S[:-1]), *(extra[n] for n in names if n in extra), dh0, dc0)
 
 

@@ -303,8 +303,9 @@ def lstm_forward(xw, UT, bh, P, h0, c0, mask, out, S, C, acts, tc):
 
 
 @njit(**JIT)
-def lstm_backward(dout, dhT, dcT, U, P, mask, C, acts, tc, dA):
-    """Fills dA (T, B, 4H); returns dh0, dc0. Gate-major flat loops like the forward."""
+def lstm_backward(dout, dhT, dcT, U, P, mask, C, acts, tc, dA, dP):
+    """Fills dA (T, B, 4H) and adds the peepholes' gradient per row to dP (3, B, H, zeroed by
+    the caller); returns dh0, dc0. Gate-major flat loops like the forward."""
     T, B, H = dout.shape
     n = B * H
     dh, dc = dhT.copy(), dcT.copy()
@@ -336,6 +337,10 @@ def lstm_backward(dout, dhT, dcT, U, P, mask, C, acts, tc, dA):
             if mask[t, b]:
                 for k in range(4):
                     dA[t, b, k * H:(k + 1) * H] = dG[k, b]
+                for j in range(H):          # V_i, V_f see c_{t-1}; V_o sees c_t
+                    dP[0, b, j] += dG[0, b, j] * C[t, b, j]
+                    dP[1, b, j] += dG[1, b, j] * C[t, b, j]
+                    dP[2, b, j] += dG[3, b, j] * C[t + 1, b, j]
             else:
                 dA[t, b] = 0
                 dc[b] = held_c[b]
