@@ -132,10 +132,13 @@ def run(tasks=TASKS, cells=tuple(CELLS), batches=(1, 32), T=200, repeats=5,
         epoch=True, data_dir=None, epoch_batch_size=32, epoch_repeats=1, log=print):
     """Time everything and print the tables; returns the rows."""
     import numba
+    from . import kernels
     threads = torch.get_num_threads()
+    blas = kernels._load().BLAS if kernels._load() else "none (numba missing)"
     peak = matmul_peak()
     log(f"gatedrnn bench, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: "
-        f"torch {torch.__version__}, numba {numba.__version__}, {threads} torch thread(s); "
+        f"torch {torch.__version__}, numba {numba.__version__} (kernels' BLAS: {blas}), "
+        f"{threads} torch thread(s); "
         f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
     log(f"forward + backward, T = {T}, float32, paper variants; median of {repeats} interleaved "
         "repeats; ratio = torch.nn time / ours\n")

@@ -47,7 +47,7 @@ def _bind_blas():
             addresses = [ctypes.cast(getattr(lib, f"{t}gemm_"), ctypes.c_void_p).value for t in "sd"]
         except (OSError, AttributeError):
             continue
-        name = "torch's BLAS (MKL)"
+        name = "torch's BLAS" + (" (MKL)" if torch.backends.mkl.is_available() else "")
         break
     else:
         addresses = [get_cython_function_address("scipy.linalg.cython_blas", f"{t}gemm") for t in "sd"]
