@@ -291,3 +291,23 @@ def test_fast_matches_reference_on_piano_rolls(projected, name, variant):
                for unit in (fast, ref)]
     assert_same(*results, torch.float64)
     assert projected == [1]
+
+
+def test_products_fall_back_to_scipys_blas_without_torchs():
+    """Where torch exports no sgemm_ / dgemm_, the kernels bind scipy's OpenBLAS instead."""
+    import subprocess
+    import sys
+    code = (
+        "import glob; real = glob.glob\n"
+        "glob.glob = lambda p, *a, **k: [] if 'libtorch_cpu' in p else real(p, *a, **k)\n"
+        "import numpy as np\n"
+        "from gatedrnn.kernels import cpu\n"
+        "assert cpu.BLAS == \"scipy's OpenBLAS\", cpu.BLAS\n"
+        "for dt in (np.float32, np.float64):\n"
+        "    a, b = np.random.rand(32, 40).astype(dt), np.random.rand(40, 50).astype(dt)\n"
+        "    out = np.empty((32, 50), dt)\n"
+        "    cpu._matmul(a, b, out)\n"
+        "    assert np.allclose(out, a @ b, rtol=1e-5), dt\n"
+        "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
