@@ -21,7 +21,7 @@ import scipy.io
 
 from gatedrnn import sweep
 from gatedrnn.cli import main
-from gatedrnn.report import aggregate, records_from_run_dirs
+from gatedrnn.report import aggregate, records_from_run_dirs, table2_markdown
 
 SRC = Path(sweep.__file__).resolve().parents[1]
 TINY = ["--hidden-size", "4", "--batch-size", "64", "--epochs", "2", "--weight-noise", "0"]
@@ -177,6 +177,40 @@ def test_rerun_resumes_and_trains_nothing(journal_sweep, tiny_data, capsys):
     assert not (out / "logs" / "worker-1.log").exists()   # nothing to do: no worker started
 
 
+def test_diverged_runs_are_listed_never_averaged():
+    diverged = dict(record("gru", "lr", 1e-2, 0, 2, 0.0), metrics=None, config=None,
+                    diverged="gradient norm is inf at epoch 5, update 3256")
+    seed_diverged = dict(record("gru", "seeds", 3e-3, 3, 2, 0.0), metrics=None, config=None,
+                         diverged="loss is nan at epoch 2, update 9")
+    recs = [record("gru", "lr", 1e-3, 0, 0, 9.0), record("gru", "lr", 3e-3, 0, 1, 8.5), diverged,
+            record("gru", "seeds", 3e-3, 1, 0, 8.6, 8.8), seed_diverged]
+    (row,) = aggregate(recs)
+    assert row["lr"] == 3e-3 and row["seeds"] == 1 and row["seed_list"] == [1]
+    assert row["lr_candidates"] == [(1e-3, 9.0), (3e-3, 8.5), (1e-2, None)]
+    assert "1.00e-02: diverged" in table2_markdown([row])
+    assert aggregate([diverged]) == []
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
+def test_storage_keeps_a_diverged_trial_as_a_record_without_metrics(journal_sweep, tmp_path):
+    import optuna
+    out, _ = journal_sweep
+    shutil.copy(out / sweep.JOURNAL_FILE, tmp_path / sweep.JOURNAL_FILE)   # leave the fixture's alone
+    storage = sweep.open_storage(f"journal:{tmp_path / sweep.JOURNAL_FILE}")
+    study = optuna.load_study(study_name=sweep.study_name("table2", "jsb", "gru", "paper", "lr"),
+                              storage=storage)
+    trial = study.ask()
+    lr = trial.suggest_float("lr", *sweep.settings_of(storage, "table2")["lr_range"], log=True)
+    for key, value in {"seed": 0, "slot": 9, "run_dir": "/r/lr/9", "diverged": "loss is nan"}.items():
+        trial.set_user_attr(key, value)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    recs = sweep.records(storage, "table2")
+    (bad,) = [r for r in recs if r.get("diverged")]
+    assert (bad["cell"], bad["phase"], bad["lr"], bad["metrics"]) == ("gru", "lr", lr, None)
+    (row,) = [r for r in aggregate(recs) if r["cell"] == "gru"]
+    assert (lr, None) in row["lr_candidates"] and row["seeds"] == 2
+
+
 def test_report_rebuilds_the_same_table_from_run_dirs(journal_sweep, tmp_path, capsys):
     out, _ = journal_sweep
     copy = tmp_path / "copy"
@@ -201,6 +235,15 @@ def test_retried_attempt_without_metrics_is_left_out_of_the_report(journal_sweep
     shutil.copytree(copy / "jsb" / "gru" / "paper" / "seeds" / "trial-0000", killed)
     (killed / "metrics.json").unlink()
     assert len(records_from_run_dirs(copy)) == 12
+    signalled = json.loads((copy / "jsb" / "gru" / "paper" / "seeds" / "trial-0000" / "metrics.json").read_text())
+    (killed / "metrics.json").write_text(json.dumps(dict(signalled, stopped={
+        "reason": "SIGTERM", "epoch": 1, "update": 3})))
+    assert len(records_from_run_dirs(copy)) == 12            # a killed attempt: left out
+    (killed / "metrics.json").write_text(json.dumps(dict(signalled, stopped={
+        "reason": "non-finite", "error": "loss is nan at epoch 1, update 3"})))
+    recs = records_from_run_dirs(copy)
+    assert len(recs) == 13 and sum(r.get("diverged") is not None for r in recs) == 1
+    assert [r for r in recs if r.get("diverged")][0]["metrics"] is None
 
 
 @pytest.mark.parametrize("args, message", [

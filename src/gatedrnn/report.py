@@ -58,7 +58,8 @@ def _fmt(x):
 
 # ---------------------------------------------------------------------------------- Table 2
 # A record is one finished run: {dataset, cell, variant, phase ("lr" | "seeds"), lr, seed, trial,
-# run_dir, config, metrics}. sweep.records() builds them from the Optuna storage,
+# run_dir, config, metrics}, or one that diverged (a non-finite loss or gradient): metrics None
+# and "diverged" the error; it is listed beside the learning rates tried, never averaged. sweep.records() builds them from the Optuna storage,
 # records_from_run_dirs() from the run directories alone; both feed the same table.
 
 RESULT_FIELDS = ("dataset", "cell", "variant", "test_nll_mean", "test_nll_std", "valid_nll_mean",
@@ -67,8 +68,9 @@ RESULT_FIELDS = ("dataset", "cell", "variant", "test_nll_mean", "test_nll_std", 
 
 def records_from_run_dirs(root):
     """Records of every finished run under ROOT/runs/<dataset>/<cell>/<variant>/<phase>/trial-N
-    (ROOT may also be the runs directory itself). A run without metrics.json (a killed attempt,
-    or one that diverged) has no result and is left out."""
+    (ROOT may also be the runs directory itself). A run without metrics.json, or one stopped by
+    a signal (a killed attempt, retried elsewhere), is left out; one that diverged is a record
+    with metrics None, as in the sweep's storage."""
     from pathlib import Path
     from . import rundir
     root = Path(root)
@@ -77,11 +79,17 @@ def records_from_run_dirs(root):
     for metrics_file in sorted(runs.glob("*/*/*/*/trial-*/" + rundir.METRICS)):
         run = metrics_file.parent
         config = rundir.read_json(run / rundir.CONFIG)["train"]
-        out.append({"dataset": config["dataset"], "cell": config["cell"],
-                    "variant": config["variant"], "phase": run.parent.name, "lr": config["lr"],
-                    "seed": config["seed"], "trial": int(run.name.split("-")[1]),
-                    "run_dir": str(run.resolve()), "config": config,
-                    "metrics": rundir.read_json(metrics_file)})
+        metrics = rundir.read_json(metrics_file)
+        stopped = metrics.get("stopped") or {}
+        if stopped and stopped.get("reason") != "non-finite":
+            continue
+        record = {"dataset": config["dataset"], "cell": config["cell"],
+                  "variant": config["variant"], "phase": run.parent.name, "lr": config["lr"],
+                  "seed": config["seed"], "trial": int(run.name.split("-")[1]),
+                  "run_dir": str(run.resolve()), "config": config, "metrics": metrics}
+        if stopped:
+            record.update(metrics=None, diverged=stopped.get("error", "non-finite"))
+        out.append(record)
     return out
 
 
@@ -95,12 +103,15 @@ def aggregate(records):
         groups.setdefault((r["dataset"], r["cell"], r["variant"]), []).append(r)
     rows = []
     for (dataset, cell, variant), recs in groups.items():
+        diverged = sorted({r["lr"] for r in recs if r.get("diverged") and r["phase"] == "lr"})
+        recs = [r for r in recs if not r.get("diverged")]
         by_lr = {}
         for r in recs:
             if r["phase"] == "lr":
                 by_lr.setdefault(r["lr"], []).append(r["metrics"]["valid_nll"])
         candidates = sorted((lr, statistics.fmean(v)) for lr, v in by_lr.items())
         best_lr = min(candidates, key=lambda c: c[1])[0] if candidates else None
+        candidates = sorted(candidates + [(lr, None) for lr in diverged if lr not in by_lr])
         per_seed = {}
         for r in sorted(recs, key=lambda r: r["trial"], reverse=True):
             if r["phase"] == "seeds" and (best_lr is None or math.isclose(r["lr"], best_lr, rel_tol=1e-9)):
@@ -112,6 +123,8 @@ def aggregate(records):
             values = [r["metrics"][f"{split}_nll"] for r in runs]
             row[f"{split}_nll_mean"] = statistics.fmean(values) if values else None
             row[f"{split}_nll_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        if not recs:
+            continue                      # every run diverged: nothing to report
         c = (runs or recs)[0]["config"]
         row.update(batch_size=c["batch_size"], max_epochs=c["epochs"], patience=c["patience"],
                    weight_noise=c["weight_noise"],
@@ -162,10 +175,12 @@ def table2_markdown(rows, settings=None):
     if pending:
         lines += ["", "Not finished (no seeds-phase run yet): " +
                   ", ".join(f"{r['dataset']}/{r['cell']}/{r['variant']}" for r in pending)]
-    lines += ["", "Validation NLL of every learning rate tried (lr phase, one run each):", ""]
+    lines += ["", "Validation NLL of every learning rate tried (lr phase, one run each; "
+              "diverged: the loss or gradient went non-finite, no result):", ""]
     lines.append(markdown_table(["dataset", "unit", "variant", "lr: valid NLL"], [
         [r["dataset"], r["cell"], r["variant"],
-         ", ".join(f"{lr:.2e}: {v:.2f}" for lr, v in r["lr_candidates"])] for r in rows]))
+         ", ".join(f"{lr:.2e}: " + ("diverged" if v is None else f"{v:.2f}")
+                   for lr, v in r["lr_candidates"])] for r in rows]))
     speech = [d for d in dict.fromkeys(r["dataset"] for r in done) if d in PAPER_DATASET]
     if speech:
         lines += ["", "Paper columns for " + ", ".join(f"{d} are {PAPER_DATASET[d]}" for d in speech)

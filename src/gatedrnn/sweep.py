@@ -539,6 +539,12 @@ def records(storage, sweep):
                                 "phase": phase, "lr": c["lr"], "seed": c["seed"], "trial": t.number,
                                 "run_dir": t.user_attrs["run_dir"], "config": c,
                                 "metrics": t.user_attrs["metrics"]})
+                elif t.state.name == "FAIL" and "diverged" in t.user_attrs:
+                    out.append({"dataset": group[0], "cell": group[1], "variant": group[2],
+                                "phase": phase, "lr": t.params["lr"], "seed": t.user_attrs["seed"],
+                                "trial": t.number, "run_dir": t.user_attrs["run_dir"],
+                                "config": None, "metrics": None,
+                                "diverged": t.user_attrs["diverged"]})
     return out
 
 
