@@ -134,7 +134,8 @@ def run(tasks=TASKS, cells=tuple(CELLS), batches=(1, 32), T=200, repeats=5,
     import numba
     from . import kernels
     threads = torch.get_num_threads()
-    blas = kernels._load().BLAS if kernels._load() else "none (numba missing)"
+    cpu = kernels._load()
+    blas = cpu.BLAS if cpu else "none (numba missing)"
     peak = matmul_peak()
     log(f"gatedrnn bench, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: "
         f"torch {torch.__version__}, numba {numba.__version__} (kernels' BLAS: {blas}), "

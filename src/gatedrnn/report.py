@@ -59,8 +59,9 @@ def _fmt(x):
 # ---------------------------------------------------------------------------------- Table 2
 # A record is one finished run: {dataset, cell, variant, phase ("lr" | "seeds"), lr, seed, trial,
 # run_dir, config, metrics}, or one that diverged (a non-finite loss or gradient): metrics None
-# and "diverged" the error; it is listed beside the learning rates tried, never averaged. sweep.records() builds them from the Optuna storage,
-# records_from_run_dirs() from the run directories alone; both feed the same table.
+# and "diverged" the error; it is listed beside the learning rates tried, never averaged.
+# sweep.records() builds them from the Optuna storage, records_from_run_dirs() from the run
+# directories alone; both feed the same table.
 
 RESULT_FIELDS = ("dataset", "cell", "variant", "test_nll_mean", "test_nll_std", "valid_nll_mean",
                  "train_nll_mean", "seeds", "lr", "batch_size", "epochs", "seconds")
@@ -105,6 +106,8 @@ def aggregate(records):
     for (dataset, cell, variant), recs in groups.items():
         diverged = sorted({r["lr"] for r in recs if r.get("diverged") and r["phase"] == "lr"})
         recs = [r for r in recs if not r.get("diverged")]
+        if not recs:
+            continue                      # every run diverged: nothing to report
         by_lr = {}
         for r in recs:
             if r["phase"] == "lr":
@@ -123,8 +126,6 @@ def aggregate(records):
             values = [r["metrics"][f"{split}_nll"] for r in runs]
             row[f"{split}_nll_mean"] = statistics.fmean(values) if values else None
             row[f"{split}_nll_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-        if not recs:
-            continue                      # every run diverged: nothing to report
         c = (runs or recs)[0]["config"]
         row.update(batch_size=c["batch_size"], max_epochs=c["epochs"], patience=c["patience"],
                    weight_noise=c["weight_noise"],

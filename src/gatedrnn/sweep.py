@@ -533,18 +533,15 @@ def records(storage, sweep):
         for phase in PHASES:
             study = _load(storage, study_name(sweep, *group, phase))
             for t in study.get_trials(deepcopy=False) if study is not None else []:
-                if t.state.name == "COMPLETE" and "metrics" in t.user_attrs:
-                    c = t.user_attrs["config"]
-                    out.append({"dataset": c["dataset"], "cell": c["cell"], "variant": c["variant"],
-                                "phase": phase, "lr": c["lr"], "seed": c["seed"], "trial": t.number,
-                                "run_dir": t.user_attrs["run_dir"], "config": c,
-                                "metrics": t.user_attrs["metrics"]})
-                elif t.state.name == "FAIL" and "diverged" in t.user_attrs:
+                done = t.state.name == "COMPLETE" and "metrics" in t.user_attrs
+                diverged = t.state.name == "FAIL" and "diverged" in t.user_attrs
+                if done or diverged:
+                    a = t.user_attrs
                     out.append({"dataset": group[0], "cell": group[1], "variant": group[2],
-                                "phase": phase, "lr": t.params["lr"], "seed": t.user_attrs["seed"],
-                                "trial": t.number, "run_dir": t.user_attrs["run_dir"],
-                                "config": None, "metrics": None,
-                                "diverged": t.user_attrs["diverged"]})
+                                "phase": phase, "lr": t.params["lr"], "seed": a["seed"],
+                                "trial": t.number, "run_dir": a["run_dir"],
+                                "config": a.get("config"), "metrics": a.get("metrics"),
+                                **({"diverged": a["diverged"]} if diverged else {})})
     return out
 
 

@@ -105,10 +105,11 @@ class _Project(torch.autograd.Function):
     @staticmethod
     def forward(ctx, csr, weight, bias):
         ptr, cols = csr
-        G = weight.shape[0]
-        out = np.empty((len(ptr) - 1, G), _numpy(weight).dtype)
-        b = np.zeros(G, out.dtype) if bias is None else _numpy(bias)
-        _cpu.binary_project(ptr, cols, np.ascontiguousarray(_numpy(weight).T), b, out)
+        W = _numpy(weight)
+        G = W.shape[0]
+        out = np.empty((len(ptr) - 1, G), W.dtype)
+        b = np.zeros(G, W.dtype) if bias is None else _numpy(bias)
+        _cpu.binary_project(ptr, cols, np.ascontiguousarray(W.T), b, out)
         ctx.csr, ctx.shape = csr, weight.shape
         return torch.from_numpy(out)
 

@@ -407,9 +407,7 @@ def gru_backward(dout, dhT, U_rz, U_n, mask, S, acts, dA_rz, dA_n):
                     dA_rz[t, b, j] = dq[b, j] * S[t, b, j] * r * (1 - r)
                     dh[b, j] += dq[b, j] * r
         _matmul(dA_rz[t], U_rz, prod)
-        for b in range(B):
-            for j in range(H):
-                dh[b, j] += prod[b, j]
+        dh += prod
     return dh
 
 
@@ -464,9 +462,7 @@ def gru_torch_backward(dout, dhT, U, mask, S, HN, acts, dA, dHN):
                 dHN[t, b, j] = da_n * r
                 dh[b, j] = gh * z
         _matmul(dhh, U, prod)
-        for b in range(B):
-            for j in range(H):
-                dh[b, j] += prod[b, j]
+        dh += prod
     return dh
 
 
