@@ -3,8 +3,9 @@ tests/test_cells.py checks against numpy and torch.nn: outputs and every gradien
 biases, peepholes, h0 / c0), in float64 to 1e-10 and float32 to 1e-5 relative, on padded and
 unbatched input, both variants, batch_first, with and without an initial state; gradcheck;
 weight noise; a training step; the fallbacks to the reference loop and their warnings; the
-projection of binary (piano-roll) inputs and when it is used.
+projection of binary (piano-roll) inputs and when it is used; the compiled Bernoulli NLL.
 """
+import math
 from contextlib import nullcontext
 
 import numpy as np
@@ -256,6 +257,29 @@ def test_binary_projection_matches_linear(projected, dtype, with_bias):
     assert_same(*results, dtype)
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_binary_projection_reads_layout_and_mask(projected, batch_first):
+    """Batch-first input is read in place; padded steps hold anything (here 0.5 and NaN, which
+    would send an unpadded step to the dense path) and are projected as zero input."""
+    g = torch.Generator().manual_seed(26)
+    T, B = 7, 3
+    x = binary((T, B, 24), 0.1, seed=27)
+    mask = torch.ones(T, B, dtype=torch.bool)
+    mask[5:, 0] = mask[2:, 2] = False
+    x[5, 0, 1], x[6, 2, 4] = 0.5, float("nan")
+    W = torch.randn(10, 24, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(10, generator=g, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(T, B, 10, generator=g, dtype=torch.float64)
+    given = x.transpose(0, 1).contiguous() if batch_first else x
+    results = []
+    for f in (kernels.project, kernels.dense_project):
+        y = f(given, W, b, mask, batch_first)
+        results.append([y, *torch.autograd.grad(y, [W, b], dy)])
+    assert projected == [1]
+    assert_same(*results, torch.float64)
+    torch.testing.assert_close(results[0][0][6, 2], b.detach(), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("case", ["not binary", "NaN", "dense", "needs grad", "empty"])
 def test_projection_falls_back_to_linear(projected, case):
     x = binary((6, 4, 16), 0.1, seed=22)
@@ -311,3 +335,61 @@ def test_products_fall_back_to_scipys_blas_without_torchs():
         "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+# -- the Bernoulli output layer's NLL ----------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_bernoulli_nll_matches_torch(dtype):
+    """Values and gradient against binary_cross_entropy_with_logits, over logits from -60 to 60
+    (both tails of the softplus), zeros, tiny values, binary and soft targets."""
+    g = torch.Generator().manual_seed(30)
+    logits = (torch.randn(5, 7, 33, generator=g, dtype=torch.float64) * 8).to(dtype)
+    logits[0, 0, :6] = torch.tensor([0.0, 60.0, -60.0, 1e-9, -1e-9, 17.0], dtype=dtype)
+    target = (torch.rand(5, 7, 33, generator=g) < 0.1).to(dtype)
+    target[4] = torch.rand(7, 33, generator=g, dtype=torch.float64).to(dtype)     # soft targets
+    dnll = torch.randn(5, 7, generator=g, dtype=torch.float64).to(dtype)
+    results = []
+    for f in (kernels.bernoulli_nll,
+              lambda l, y: F.binary_cross_entropy_with_logits(l, y, reduction="none").sum(-1)):
+        x = logits.clone().requires_grad_()
+        nll = f(x, target)
+        results.append([nll, *torch.autograd.grad(nll, x, dnll)])
+    assert type(results[0][0].grad_fn).__name__ == "_BernoulliNLLBackward"
+    assert_same(*results, dtype)
+
+
+def test_bernoulli_nll_propagates_nan_and_falls_back():
+    logits = torch.zeros(2, 3, 4)
+    logits[1, 2, 3] = float("nan")
+    target = torch.zeros(2, 3, 4)
+    nll = kernels.bernoulli_nll(logits, target)
+    assert torch.isnan(nll[1, 2]) and torch.isfinite(nll[:1]).all()
+    torch.testing.assert_close(nll[0], torch.full((3,), 4 * math.log(2)))
+    soft = target[:1].clone().requires_grad_()      # a target that needs a gradient: torch's
+    nll = kernels.bernoulli_nll(logits[:1], soft)
+    assert type(nll.grad_fn).__name__ != "_BernoulliNLLBackward"
+    nll.sum().backward()                            # d/dy of (max(l, 0) - l y + ...) = -l
+    torch.testing.assert_close(soft.grad, -logits[:1])
+
+
+def test_bernoulli_head_follows_the_models_backend(monkeypatch):
+    """A model's Bernoulli head runs the compiled NLL on the fast backend and torch's on the
+    reference one; same NLL and gradients."""
+    kernels._load()
+    calls = []
+    original = kernels._cpu.bernoulli_nll
+    monkeypatch.setattr(kernels._cpu, "bernoulli_nll", lambda *a: calls.append(1) or original(*a))
+    torch.manual_seed(32)
+    config = ModelConfig(cell="gru", hidden_size=5, input_size=6, output_size=6)
+    fast = SequenceModel(config)
+    ref = SequenceModel(ModelConfig(**{**config.to_dict(), "backend": "reference"}))
+    ref.load_state_dict(fast.state_dict())
+    assert (fast.head.backend, ref.head.backend) == ("fast", "reference")
+    x = binary((2, 4, 6), 0.3, seed=31, dtype=torch.float32)
+    results = []
+    for model in (fast, ref):
+        nll = model.step_nll(x, x, torch.tensor([4, 2]))
+        results.append([nll, *torch.autograd.grad(nll.sum(), list(model.parameters()))])
+    assert calls == [1]
+    assert_same(*results, torch.float32)

@@ -134,12 +134,13 @@ class RecurrentUnit(nn.Module):
             raise UserError(f"{type(self).__name__}: input has no time steps")
         state = self._initial_state(state, B, x, unbatched)
         mask = _time_mask(lengths, mask, T, B, self.batch_first and not unbatched, x.device)
-        if mask is not None:  # padding never reaches the arithmetic, not even as NaN
-            x = torch.where(mask.unsqueeze(2), x, 0.0)
         w = self.weights()
         backend = self.backend_for(x, w["weight_ih"], *state)
-        project = kernels.project if backend == "fast" else F.linear
-        xw = project(x, w["weight_ih"], w[_input_bias_name(self.variant)])  # (T, B, G*H), all steps
+        project = kernels.project if backend == "fast" else kernels.dense_project
+        # (T, B, G*H), all steps at once; padding never reaches the arithmetic, not even as NaN
+        batch_first = self.batch_first and not unbatched
+        xw = project(input if batch_first else x, w["weight_ih"], w[_input_bias_name(self.variant)],
+                     mask, batch_first)
         if backend == "fast":
             output, state = kernels.scan(self.fast_kernels[self.variant], self.step, xw, w, state, mask)
         else:

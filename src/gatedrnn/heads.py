@@ -10,22 +10,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
+
 
 class BernoulliHead(nn.Module):
     """Independent Bernoulli outputs (piano rolls): a sigmoid per note, kept as logits.
 
-    NLL per step = sum_d softplus(-l_d) if y_d = 1 else softplus(l_d), computed stably by
-    binary_cross_entropy_with_logits.
+    NLL per step = sum_d softplus(-l_d) if y_d = 1 else softplus(l_d), computed stably: by
+    binary_cross_entropy_with_logits with ``backend="reference"``, by one compiled pass
+    (kernels.bernoulli_nll, same formula) with ``backend="fast"``.
     """
 
-    def __init__(self, hidden_size, output_size):
+    def __init__(self, hidden_size, output_size, backend="fast"):
         super().__init__()
         self.proj = nn.Linear(hidden_size, output_size)
+        self.backend = backend
 
     def forward(self, h):
         return self.proj(h)                                      # (B, T, D) logits
 
     def nll(self, logits, target):
+        if self.backend == "fast":
+            return kernels.bernoulli_nll(logits, target)
         return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
 
 

@@ -61,7 +61,8 @@ class SequenceModel(nn.Module):
         self.rnn = CELLS[config.cell](config.input_size, config.hidden_size, batch_first=True,
                                       variant=config.variant, weight_noise=config.weight_noise,
                                       backend=config.backend)
-        head_options = {"components": config.components} if config.head == "gmm" else {}
+        head_options = ({"components": config.components} if config.head == "gmm"
+                        else {"backend": config.backend})
         self.head = HEADS[config.head](config.hidden_size, config.output_size, **head_options)
 
     def forward(self, inputs, lengths=None, state=None):

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 BACKENDS = ("fast", "reference")
 DTYPES = (torch.float32, torch.float64)
@@ -83,20 +84,32 @@ def unsupported(*tensors):
 SPARSE_MAX = 1 / 8
 
 
-def project(x, weight, bias):
-    """x W^T + bias for all steps at once (x (..., I), weight (G, I), bias (G,) or None), as
-    F.linear. A binary x (piano rolls: 0/1, mostly 0) that needs no gradient is projected by
-    adding the columns of W for the ones, forward and backward; anything else is F.linear."""
-    I = x.shape[-1]
+def dense_project(x, weight, bias, mask=None, batch_first=False):
+    """The input projection of all steps, xw = x W^T + bias (T, B, G), as one F.linear.
+
+    x (T, B, I), or (B, T, I) with ``batch_first``; weight (G, I); bias (G,) or None; mask (T, B)
+    bool or None. Padded steps (mask False) are projected as zero input, so that what they hold
+    (NaN included) never reaches the arithmetic."""
+    if batch_first:
+        x = x.transpose(0, 1)
+    if mask is not None:
+        x = torch.where(mask.unsqueeze(2), x, 0.0)
+    return F.linear(x, weight, bias)
+
+
+def project(x, weight, bias, mask=None, batch_first=False):
+    """``dense_project``, faster for piano rolls: a binary x (0/1, mostly 0) that needs no
+    gradient is projected by adding the columns of W for the ones, forward and backward, read in
+    the layout given (no transposed copy, no masked copy). Anything else goes to dense_project."""
+    T, B = (x.shape[1], x.shape[0]) if batch_first else x.shape[:2]
     if x.requires_grad or x.numel() == 0 or unsupported(x, weight, *(() if bias is None else (bias,))):
-        return F.linear(x, weight, bias)
-    flat = _numpy(x.reshape(-1, I))
-    ptr = np.empty(flat.shape[0] + 1, np.int32)
-    cols = np.empty(max(1, int(flat.size * SPARSE_MAX)), np.int32)
-    if _cpu.binary_csr(flat, ptr, cols) < 0:
-        return F.linear(x, weight, bias)
-    xw = _Project.apply((ptr, cols), weight, bias)
-    return xw.reshape(*x.shape[:-1], weight.shape[0])
+        return dense_project(x, weight, bias, mask, batch_first)
+    m = np.ones((T, B), np.uint8) if mask is None else mask.numpy().astype(np.uint8)
+    ptr = np.empty(T * B + 1, np.int32)
+    cols = np.empty(max(1, int(x.numel() * SPARSE_MAX)), np.int32)
+    if _cpu.binary_csr(_numpy(x), not batch_first, m, ptr, cols) < 0:
+        return dense_project(x, weight, bias, mask, batch_first)
+    return _Project.apply((ptr, cols), weight, bias).view(T, B, weight.shape[0])
 
 
 class _Project(torch.autograd.Function):
@@ -117,14 +130,42 @@ class _Project(torch.autograd.Function):
     def backward(ctx, dout):
         ptr, cols = ctx.csr
         d = _numpy(dout)
-        dW = db = None
-        if ctx.needs_input_grad[1]:
-            dWT = np.zeros((ctx.shape[1], ctx.shape[0]), d.dtype)
-            _cpu.binary_project_grad(ptr, cols, d, dWT)
-            dW = torch.from_numpy(dWT).T
-        if ctx.needs_input_grad[2]:
-            db = dout.sum(0)
-        return None, dW, db
+        dWT = np.zeros((ctx.shape[1], ctx.shape[0]), d.dtype)
+        db = np.zeros(ctx.shape[0], d.dtype)
+        _cpu.binary_project_grad(ptr, cols, d, dWT, db)
+        return (None, torch.from_numpy(dWT).T if ctx.needs_input_grad[1] else None,
+                torch.from_numpy(db) if ctx.needs_input_grad[2] else None)
+
+
+def bernoulli_nll(logits, target):
+    """F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1), the
+    Bernoulli output layer's NLL per step, in one compiled pass that also keeps the gradient
+    (sigmoid(logits) - target) for the backward. Where the kernels cannot serve (see
+    ``unsupported``; or a target that needs a gradient or a shape other than the logits'), it
+    is that torch expression."""
+    reason = unsupported(logits, target)
+    if reason or target.requires_grad or target.shape != logits.shape or logits.numel() == 0:
+        if reason:
+            warn_once(reason)
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+    return _BernoulliNLL.apply(logits, target)
+
+
+class _BernoulliNLL(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, logits, target):
+        D = logits.shape[-1]
+        flat = _numpy(logits).reshape(-1, D)
+        nll, grad = np.empty(flat.shape[0], flat.dtype), np.empty_like(flat)
+        _cpu.bernoulli_nll(flat, _numpy(target).reshape(-1, D), nll, grad)
+        ctx.grad = torch.from_numpy(grad).view(logits.shape)
+        return torch.from_numpy(nll).view(logits.shape[:-1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dnll):
+        return ctx.grad * dnll.unsqueeze(-1), None
 
 
 def scan(kernel, step, xw, weights, state, mask):
