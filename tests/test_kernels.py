@@ -204,23 +204,41 @@ def test_backend_for_and_bad_backend():
 
 @pytest.mark.parametrize("dtype, ulps", [(np.float64, 2), (np.float32, 3)])
 def test_math_functions_against_numpy(dtype, ulps):
-    """The vectorizable exp, sigmoid and tanh of kernels/cpu.py, to a few ulp."""
+    """The vectorizable exp, sigmoid, tanh and log(1 + e) of kernels/cpu.py, to a few ulp."""
     from numba import njit
     from gatedrnn.kernels import cpu
     x = np.concatenate([np.linspace(-20, 20, 20001), np.geomspace(1e-12, 1, 200),
                         -np.geomspace(1e-12, 1, 200), [0.0, 0.625, -0.625]]).astype(dtype)
-    exact = x.astype(np.float64)
-    for name, ref in (("_exp", np.exp), ("_tanh", np.tanh), ("_sigmoid", lambda v: 1 / (1 + np.exp(-v)))):
+    unit = x[(x >= 0) & (x <= 1)]              # log(1 + e) serves e = e^-|l| in [0, 1] only
+    for name, ref, v in (("_exp", np.exp, x), ("_tanh", np.tanh, x),
+                         ("_sigmoid", lambda v: 1 / (1 + np.exp(-v)), x),
+                         ("_log1p_unit", np.log1p, unit)):
         stub = getattr(cpu, name)
 
         @njit
         def apply(v, out):
             for i in range(v.size):
                 out[i] = stub(v[i])
-        got = np.empty_like(x)
-        apply(x, got)
-        np.testing.assert_allclose(got, ref(exact), rtol=ulps * np.finfo(dtype).eps, atol=0,
-                                   err_msg=name)
+        got = np.empty_like(v)
+        apply(v, got)
+        np.testing.assert_allclose(got, ref(v.astype(np.float64)), atol=0,
+                                   rtol=ulps * np.finfo(dtype).eps, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_exp_at_the_extremes(dtype):
+    """Underflow gives 0, overflow inf, NaN stays NaN (padding and divergence must show)."""
+    from numba import njit
+    from gatedrnn.kernels import cpu
+
+    @njit
+    def apply(v, out):
+        for i in range(v.size):
+            out[i] = cpu._exp(v[i])
+    x = np.array([-1e4, -800, 800, 1e4, np.inf, -np.inf, np.nan], dtype)
+    got = np.empty_like(x)
+    apply(x, got)
+    np.testing.assert_array_equal(got, [0, 0, np.inf, np.inf, np.inf, 0, np.nan])
 
 
 def binary(shape, density, seed, dtype=torch.float64):

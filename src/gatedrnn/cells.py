@@ -141,12 +141,13 @@ class RecurrentUnit(nn.Module):
         batch_first = self.batch_first and not unbatched
         xw = project(input if batch_first else x, w["weight_ih"], w[_input_bias_name(self.variant)],
                      mask, batch_first)
-        if backend == "fast":
-            output, state = kernels.scan(self.fast_kernels[self.variant], self.step, xw, w, state, mask)
+        if backend == "fast":     # batch-first output written in place by the kernels
+            output, state = kernels.scan(self.fast_kernels[self.variant], self.step, xw, w, state,
+                                         mask, batch_first)
         else:
             output, state = reference_scan(self.step, xw, state, w, mask)
-        if self.batch_first and not unbatched:
-            output = output.transpose(0, 1)
+            if batch_first:
+                output = output.transpose(0, 1)
         if unbatched:
             return output.squeeze(1), _pack_state(tuple(s for s in state), self.n_states)
         return output, _pack_state(tuple(s.unsqueeze(0) for s in state), self.n_states)

@@ -168,8 +168,9 @@ class _BernoulliNLL(torch.autograd.Function):
         return ctx.grad * dnll.unsqueeze(-1), None
 
 
-def scan(kernel, step, xw, weights, state, mask):
-    """Outputs (T, B, H) and final state tuple of ``kernel`` (Tanh, LSTM, GRUPaper, GRUTorch).
+def scan(kernel, step, xw, weights, state, mask, batch_first=False):
+    """Outputs (T, B, H), or (B, T, H) with ``batch_first``, and the final state tuple of
+    ``kernel`` (Tanh, LSTM, GRUPaper, GRUTorch).
 
     xw (T, B, G*H); weights: the dict of tensors the reference ``step`` reads (weight_hh, and
     bias_hh / peephole where the variant has them); state: tuple of (B, H); mask (T, B) bool or
@@ -179,7 +180,7 @@ def scan(kernel, step, xw, weights, state, mask):
     m = (np.ones((T, B), np.uint8) if mask is None       # C order: one compiled signature
          else np.ascontiguousarray(mask.cpu().numpy(), np.uint8))
     names = tuple(n for n in kernel.weights if n in weights)
-    ctx = _Call(kernel, step, names, m, None if mask is None else mask)
+    ctx = _Call(kernel, step, names, m, None if mask is None else mask, not batch_first)
     out = _Scan.apply(ctx, xw, *(weights[n] for n in names), *state)
     return out[0], tuple(out[1:])
 
@@ -187,9 +188,9 @@ def scan(kernel, step, xw, weights, state, mask):
 class _Call:
     """What one forward hands to its backward besides tensors."""
 
-    def __init__(self, kernel, step, names, mask, mask_tensor):
+    def __init__(self, kernel, step, names, mask, mask_tensor, time_major):
         self.kernel, self.step, self.names = kernel, step, names
-        self.mask, self.mask_tensor = mask, mask_tensor
+        self.mask, self.mask_tensor, self.time_major = mask, mask_tensor, time_major
         self.saved = None
 
 
@@ -204,7 +205,7 @@ class _Scan(torch.autograd.Function):
         k = len(call.names)
         w = dict(zip(call.names, (_numpy(t) for t in tensors[:k])))
         state = [_numpy(s) for s in tensors[k:]]
-        outputs, call.saved = call.kernel.forward(_numpy(xw), w, state, call.mask)
+        outputs, call.saved = call.kernel.forward(_numpy(xw), w, state, call.mask, call.time_major)
         call.shapes = [o.shape for o in outputs]
         ctx.call = call
         ctx.save_for_backward(xw, *tensors)
@@ -219,7 +220,7 @@ class _Scan(torch.autograd.Function):
         dtype = call.saved[0].dtype
         grads = [np.zeros(shape, dtype) if g is None else _numpy(g)
                  for g, shape in zip(grads, call.shapes)]
-        result = call.kernel.backward(call.saved, grads, call.mask)
+        result = call.kernel.backward(call.saved, grads, call.mask, call.time_major)
         return (None, *(torch.from_numpy(r) if need else None
                         for r, need in zip(result, ctx.needs_input_grad[1:])))
 
@@ -231,6 +232,8 @@ def _reference_vjp(call, inputs, grads, needs):
     with torch.enable_grad():
         xw, weights, state = inputs[0], dict(zip(call.names, inputs[1:1 + k])), inputs[1 + k:]
         output, final = reference_scan(call.step, xw, tuple(state), weights, call.mask_tensor)
+        if not call.time_major:
+            output = output.transpose(0, 1)
         pairs = [(o, g) for o, g in zip((output, *final), grads) if g is not None]
         wrt = [x for x, need in zip(inputs, needs) if need]
         got = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs],
@@ -239,8 +242,9 @@ def _reference_vjp(call, inputs, grads, needs):
 
 
 # -- the kernels: numpy in, numpy out ---------------------------------------------------------------
-# forward(xw, w, state, mask) -> (outputs, saved); backward(saved, grads, mask) -> the gradients
-# of (xw, *the weights present, *state), in that order.
+# forward(xw, w, state, mask, tm) -> (outputs, saved); backward(saved, grads, mask, tm) -> the
+# gradients of (xw, *the weights present, *state), in that order. The output (and its gradient)
+# is (T, B, H) if tm (time-major), else (B, T, H).
 
 def _empty(*shape, like):
     return np.empty(shape, like.dtype)
@@ -252,12 +256,13 @@ def _dU(dA, S):
     return (torch.from_numpy(dA).reshape(-1, G).T @ torch.from_numpy(S).reshape(-1, H)).numpy()
 
 
-def _arrays(xw, w):
-    """weight_hh, (T, B, G, H), and what every kernel fills: output (T, B, H) and the states
-    S (T+1, B, H)."""
+def _arrays(xw, w, tm):
+    """weight_hh, (T, B, G, H), and what every kernel fills: the output, (T, B, H) if tm else
+    (B, T, H), and the states S (T+1, B, H)."""
     U = w["weight_hh"]
     (T, B, G), H = xw.shape, U.shape[1]
-    return U, (T, B, G, H), _empty(T, B, H, like=xw), _empty(T + 1, B, H, like=xw)
+    out = _empty(T, B, H, like=xw) if tm else _empty(B, T, H, like=xw)
+    return U, (T, B, G, H), out, _empty(T + 1, B, H, like=xw)
 
 
 def _bias(w, name, size, like):
@@ -269,18 +274,18 @@ class Tanh:
     weights = ("weight_hh", "bias_hh")
 
     @staticmethod
-    def forward(xw, w, state, mask):
-        U, (T, B, G, H), out, S = _arrays(xw, w)
+    def forward(xw, w, state, mask, tm):
+        U, (T, B, G, H), out, S = _arrays(xw, w, tm)
         _cpu.tanh_forward(xw, np.ascontiguousarray(U.T), _bias(w, "bias_hh", G, xw), state[0],
-                          mask, out, S)
+                          mask, out, tm, S)
         return (out, S[T].copy()), (U, S, "bias_hh" in w)
 
     @staticmethod
-    def backward(saved, grads, mask):
+    def backward(saved, grads, mask, tm):
         U, S, has_bias = saved
         dout, dhT = grads
-        dA = np.empty_like(dout)
-        dh0 = _cpu.tanh_backward(dout, dhT, U, mask, S, dA)
+        dA = np.empty_like(S[1:])
+        dh0 = _cpu.tanh_backward(dout, tm, dhT, U, mask, S, dA)
         db = (dA.sum((0, 1)),) if has_bias else ()
         return (dA, _dU(dA, S[:-1]), *db, dh0)
 
@@ -290,22 +295,22 @@ class LSTM:
     weights = ("weight_hh", "bias_hh", "peephole")
 
     @staticmethod
-    def forward(xw, w, state, mask):
-        U, (T, B, G, H), out, S = _arrays(xw, w)
+    def forward(xw, w, state, mask, tm):
+        U, (T, B, G, H), out, S = _arrays(xw, w, tm)
         P = w["peephole"] if "peephole" in w else np.zeros((3, H), xw.dtype)
         tc, C = _empty(T, B, H, like=xw), _empty(T + 1, B, H, like=xw)
         acts = _empty(T, 4, B, H, like=xw)
         _cpu.lstm_forward(xw, np.ascontiguousarray(U.T), _bias(w, "bias_hh", G, xw), P,
-                          state[0], state[1], mask, out, S, C, acts, tc)
+                          state[0], state[1], mask, out, tm, S, C, acts, tc)
         return (out, S[T].copy(), C[T].copy()), (U, P, S, C, acts, tc, tuple(w))
 
     @staticmethod
-    def backward(saved, grads, mask):
+    def backward(saved, grads, mask, tm):
         U, P, S, C, acts, tc, names = saved
         dout, dhT, dcT = grads
         dA = np.empty_like(acts, shape=(acts.shape[0], acts.shape[2], 4 * acts.shape[3]))
-        dP = np.zeros_like(acts, shape=(3, *dout.shape[1:]))
-        dh0, dc0 = _cpu.lstm_backward(dout, dhT, dcT, U, P, mask, C, acts, tc, dA, dP)
+        dP = np.zeros_like(acts, shape=(3, *acts.shape[2:]))
+        dh0, dc0 = _cpu.lstm_backward(dout, tm, dhT, dcT, U, P, mask, C, acts, tc, dA, dP)
         extra = {"bias_hh": dA.sum((0, 1))} if "bias_hh" in names else {}
         if "peephole" in names:
             extra["peephole"] = dP.sum(1)
@@ -317,21 +322,21 @@ class GRUPaper:
     weights = ("weight_hh",)
 
     @staticmethod
-    def forward(xw, w, state, mask):
-        U, (T, B, G, H), out, S = _arrays(xw, w)
+    def forward(xw, w, state, mask, tm):
+        U, (T, B, G, H), out, S = _arrays(xw, w, tm)
         Q, acts = _empty(T, B, H, like=xw), _empty(T, B, G, like=xw)
         UT = U.T
         _cpu.gru_forward(xw, np.ascontiguousarray(UT[:, :2 * H]), np.ascontiguousarray(UT[:, 2 * H:]),
-                         state[0], mask, out, S, Q, acts)
+                         state[0], mask, out, tm, S, Q, acts)
         return (out, S[T].copy()), (U, S, Q, acts)
 
     @staticmethod
-    def backward(saved, grads, mask):
+    def backward(saved, grads, mask, tm):
         U, S, Q, acts = saved
         dout, dhT = grads
-        T, B, H = dout.shape
+        T, B, H = Q.shape
         dA_rz, dA_n = _empty(T, B, 2 * H, like=dout), _empty(T, B, H, like=dout)
-        dh0 = _cpu.gru_backward(dout, dhT, U[:2 * H], U[2 * H:], mask, S, acts, dA_rz, dA_n)
+        dh0 = _cpu.gru_backward(dout, tm, dhT, U[:2 * H], U[2 * H:], mask, S, acts, dA_rz, dA_n)
         dU = np.concatenate([_dU(dA_rz, S[:-1]), _dU(dA_n, Q)])
         return (np.concatenate([dA_rz, dA_n], axis=2), dU, dh0)
 
@@ -341,19 +346,19 @@ class GRUTorch:
     weights = ("weight_hh", "bias_hh")
 
     @staticmethod
-    def forward(xw, w, state, mask):
-        U, (T, B, G, H), out, S = _arrays(xw, w)
+    def forward(xw, w, state, mask, tm):
+        U, (T, B, G, H), out, S = _arrays(xw, w, tm)
         HN, acts = _empty(T, B, H, like=xw), _empty(T, B, G, like=xw)
         _cpu.gru_torch_forward(xw, np.ascontiguousarray(U.T), w["bias_hh"], state[0], mask, out,
-                               S, HN, acts)
+                               tm, S, HN, acts)
         return (out, S[T].copy()), (U, S, HN, acts)
 
     @staticmethod
-    def backward(saved, grads, mask):
+    def backward(saved, grads, mask, tm):
         U, S, HN, acts = saved
         dout, dhT = grads
         dA, dHN = np.empty_like(acts), np.empty_like(HN)
-        dh0 = _cpu.gru_torch_backward(dout, dhT, U, mask, S, HN, acts, dA, dHN)
+        dh0 = _cpu.gru_torch_backward(dout, tm, dhT, U, mask, S, HN, acts, dA, dHN)
         H = U.shape[1]
         dhh = np.concatenate([dA[..., :2 * H], dHN], axis=2)     # d(U h_{t-1} + b_hh)
         return (dA, _dU(dhh, S[:-1]), dhh.sum((0, 1)), dh0)

@@ -10,6 +10,7 @@ kernels return. Conventions for every kernel:
     UT     (H, G*H)     weight_hh transposed (contiguous), for h @ U^T
     U      (G*H, H)     weight_hh, for dA @ U in the backward
     mask   (T, B)       uint8, 0 at padded steps: the state is carried, the output is 0
+    out    (T, B, H)    the outputs if tm (time-major), else (B, T, H); dout likewise
     S      (T+1, B, H)  the state h before each step (S[0] = h0) and after the last one
     acts   (T, B, G*H)  the gates after their nonlinearity, saved for the backward (LSTM:
                         gate-major, (T, 4, B, H))
@@ -91,15 +92,16 @@ def _pow2(typingctx, t):
 _LOG2E = 1.4426950408889634
 _F = np.float32
 _LOG2E_F = _F(_LOG2E)
-_ONE_F, _TWO_F = _F(1), _F(2)
+_ZERO_F, _ONE_F, _TWO_F = _F(0), _F(1), _F(2)
 
 
 def _exp64(x):
-    """e^x = 2^n e^r, |r| <= ln2 / 2, e^r by its Taylor series to r^13 / 13!."""
-    x = min(max(x, -700.0), 700.0)
-    t = x * _LOG2E + 6755399441055744.0                      # + 1.5 * 2^52 rounds n into t
+    """e^x = 2^n e^r, |r| <= ln2 / 2, e^r by its Taylor series to r^13 / 13!; 0 below -700
+    (results under 1e-304 flushed to zero), inf above 709 (true overflow: 709.78), NaN for NaN."""
+    xc = min(max(x, -700.0), 709.0)
+    t = xc * _LOG2E + 6755399441055744.0                     # + 1.5 * 2^52 rounds n into t
     n = t - 6755399441055744.0
-    r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10   # fdlibm's ln2
+    r = (xc - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10  # fdlibm's ln2
     p = 1.6059043836821613e-10                              # 1 / 13!
     p = p * r + 2.08767569878681e-09
     p = p * r + 2.505210838544172e-08
@@ -114,7 +116,8 @@ def _exp64(x):
     p = p * r + 0.5
     p = p * r + 1.0
     p = p * r + 1.0                                          # 1 / 0!
-    return p * _pow2(t)
+    y = p * _pow2(t)
+    return 0.0 if x < -700.0 else y if x <= 709.0 else y * (x - 708.0) * 1e300
 
 
 _E32 = [_F(v) for v in (-87.0, 88.0, 12582912.0, 0.693359375, -2.12194440e-4, 1.9875691500e-4,
@@ -124,13 +127,15 @@ _E32 = [_F(v) for v in (-87.0, 88.0, 12582912.0, 0.693359375, -2.12194440e-4, 1.
 
 
 def _exp32(x):
-    """Cephes' expf: e^x = 2^n (1 + r + r^2 P(r)), |r| <= ln2 / 2."""
-    x = min(max(x, _LO_F), _HI_F)
-    t = x * _LOG2E_F + _SHIFT_F
+    """Cephes' expf: e^x = 2^n (1 + r + r^2 P(r)), |r| <= ln2 / 2; 0 below -87 (results under
+    1.7e-38 flushed to zero), inf above 88 (true overflow: 88.72), NaN for NaN."""
+    xc = min(max(x, _LO_F), _HI_F)
+    t = xc * _LOG2E_F + _SHIFT_F
     n = t - _SHIFT_F
-    r = (x - n * _C1_F) - n * _C2_F
+    r = (xc - n * _C1_F) - n * _C2_F
     p = ((((_P0_F * r + _P1_F) * r + _P2_F) * r + _P3_F) * r + _P4_F) * r + _P5_F
-    return ((p * r) * r + r + _ONE_F) * _pow2(t)
+    y = ((p * r) * r + r + _ONE_F) * _pow2(t)
+    return _ZERO_F if x < _LO_F else y if x <= _HI_F else y * (x - _F(87.0)) * _F(1e38)
 
 
 def _tanh64(x):
@@ -252,43 +257,52 @@ def _matmul(a, b, out):
 
 
 @njit(**JIT)
-def _carry(t, b, S, out):
+def _at(a, t, b, time_major):
+    """Step t of sequence b in an output-shaped array: a (T, B, H) if time_major, else
+    (B, T, H) (batch-first outputs are written in place, with no transposed copy)."""
+    return a[t, b] if time_major else a[b, t]
+
+
+@njit(**JIT)
+def _carry(t, b, S, out, tm):
     """A padded step of sequence b: the state is carried, the output is zero."""
     S[t + 1, b] = S[t, b]
-    out[t, b] = 0
+    _at(out, t, b, tm)[:] = 0
 
 
 # -- tanh: h_t = tanh(xw_t + h_{t-1} U^T + bh); bh = 0 (paper) or b_hh (torch) ----------------
 
 @njit(**JIT)
-def tanh_forward(xw, UT, bh, h0, mask, out, S):
-    T, B, H = out.shape
+def tanh_forward(xw, UT, bh, h0, mask, out, tm, S):
+    T, B, H = xw.shape[0], xw.shape[1], UT.shape[0]
     S[0] = h0
     a = np.empty((B, H), xw.dtype)
     for t in range(T):
         _matmul(S[t], UT, a)
         for b in range(B):
             if mask[t, b]:
+                o = _at(out, t, b, tm)
                 for j in range(H):
                     v = _tanh(xw[t, b, j] + (a[b, j] + bh[j]))
                     S[t + 1, b, j] = v
-                    out[t, b, j] = v
+                    o[j] = v
             else:
-                _carry(t, b, S, out)
+                _carry(t, b, S, out, tm)
 
 
 @njit(**JIT)
-def tanh_backward(dout, dhT, U, mask, S, dA):
+def tanh_backward(dout, tm, dhT, U, mask, S, dA):
     """Fills dA; returns dh0."""
-    T, B, H = dout.shape
+    T, B, H = dA.shape
     dh = dhT.copy()
     prod = np.empty_like(dh)                          # dA_t U
     for t in range(T - 1, -1, -1):
         for b in range(B):
             if mask[t, b]:
+                go = _at(dout, t, b, tm)
                 for j in range(H):
                     y = S[t + 1, b, j]
-                    dA[t, b, j] = (dh[b, j] + dout[t, b, j]) * (1 - y * y)
+                    dA[t, b, j] = (dh[b, j] + go[j]) * (1 - y * y)
             else:
                 dA[t, b] = 0
         _matmul(dA[t], U, prod)
@@ -301,11 +315,11 @@ def tanh_backward(dout, dhT, U, mask, S, dA):
 # -- LSTM (paper: diagonal peepholes P = (V_i, V_f, V_o), bh = 0; torch: P = 0, bh = b_hh) ----
 
 @njit(**JIT)
-def lstm_forward(xw, UT, bh, P, h0, c0, mask, out, S, C, acts, tc):
+def lstm_forward(xw, UT, bh, P, h0, c0, mask, out, tm, S, C, acts, tc):
     """acts (T, 4, B, H) holds i, f, g, o gate-major; C (T+1, B, H) the cell states; tc (T, B, H)
     tanh(c_t). Gate-major, every elementwise loop runs over all B*H entries at once (long
     vectorized loops, no per-row remainders)."""
-    T, B, H = out.shape
+    T, B, H = tc.shape
     n = B * H
     S[0] = h0
     C[0] = c0
@@ -338,24 +352,26 @@ def lstm_forward(xw, UT, bh, P, h0, c0, mask, out, S, C, acts, tc):
             y[k] = _tanh(c[k])
         for k in range(n):
             h[k] = o[k] * y[k]
-        out[t] = S[t + 1]
         for b in range(B):
+            _at(out, t, b, tm)[:] = S[t + 1, b]
             if not mask[t, b]:
-                _carry(t, b, S, out)
+                _carry(t, b, S, out, tm)
                 C[t + 1, b] = C[t, b]
 
 
 @njit(**JIT)
-def lstm_backward(dout, dhT, dcT, U, P, mask, C, acts, tc, dA, dP):
+def lstm_backward(dout, tm, dhT, dcT, U, P, mask, C, acts, tc, dA, dP):
     """Fills dA (T, B, 4H) and adds the peepholes' gradient per row to dP (3, B, H, zeroed by
     the caller); returns dh0, dc0. Gate-major flat loops like the forward."""
-    T, B, H = dout.shape
+    T, B, H = tc.shape
     n = B * H
     dh, dc = dhT.copy(), dcT.copy()
     dhf, dcf = dh.reshape(n), dc.reshape(n)
     held_h, held_c = np.empty_like(dh), np.empty_like(dc)   # padded rows: carried unchanged
     prod = np.empty_like(dh)                                  # dA_t U
     dG = np.empty((4, B, H), dout.dtype)                      # this step's dA, gate-major
+    gout = np.empty((B, H), dout.dtype)                       # this step's dout, contiguous
+    go = gout.reshape(n)
     di, df, dg, do = dG[0].reshape(n), dG[1].reshape(n), dG[2].reshape(n), dG[3].reshape(n)
     PB = np.empty((3, B, H), dout.dtype)
     for k in range(3):
@@ -367,7 +383,9 @@ def lstm_backward(dout, dhT, dcT, U, P, mask, C, acts, tc, dA, dP):
         held_c[:] = dc
         i, f = acts[t, 0].reshape(n), acts[t, 1].reshape(n)
         g, o = acts[t, 2].reshape(n), acts[t, 3].reshape(n)
-        y, c_prev, go = tc[t].reshape(n), C[t].reshape(n), dout[t].reshape(n)
+        y, c_prev = tc[t].reshape(n), C[t].reshape(n)
+        for b in range(B):
+            gout[b] = _at(dout, t, b, tm)
         for k in range(n):
             gh = dhf[k] + go[k]
             do[k] = gh * y[k] * o[k] * (1 - o[k])
@@ -396,9 +414,9 @@ def lstm_backward(dout, dhT, dcT, U, P, mask, C, acts, tc, dA, dP):
 # -- GRU, paper: reset before the product; h_t = (1 - z) h + z n ----------------------------------
 
 @njit(**JIT)
-def gru_forward(xw, UT_rz, UT_n, h0, mask, out, S, Q, acts):
+def gru_forward(xw, UT_rz, UT_n, h0, mask, out, tm, S, Q, acts):
     """acts (T, B, 3H) holds r, z, n; Q (T, B, H) is r * h_{t-1}, the input of U_n."""
-    T, B, H = out.shape
+    T, B, H = Q.shape
     S[0] = h0
     a = np.empty((B, 2 * H), xw.dtype)
     an = np.empty((B, H), xw.dtype)
@@ -413,20 +431,21 @@ def gru_forward(xw, UT_rz, UT_n, h0, mask, out, S, Q, acts):
         _matmul(Q[t], UT_n, an)
         for b in range(B):
             if not mask[t, b]:
-                _carry(t, b, S, out)
+                _carry(t, b, S, out, tm)
                 continue
+            o = _at(out, t, b, tm)
             for j in range(H):
                 n = _tanh(xw[t, b, 2 * H + j] + an[b, j])
                 z = acts[t, b, H + j]
                 h = (1 - z) * S[t, b, j] + z * n
                 acts[t, b, 2 * H + j] = n
-                S[t + 1, b, j], out[t, b, j] = h, h
+                S[t + 1, b, j], o[j] = h, h
 
 
 @njit(**JIT)
-def gru_backward(dout, dhT, U_rz, U_n, mask, S, acts, dA_rz, dA_n):
+def gru_backward(dout, tm, dhT, U_rz, U_n, mask, S, acts, dA_rz, dA_n):
     """Fills dA_rz (T, B, 2H) and dA_n (T, B, H); returns dh0."""
-    T, B, H = dout.shape
+    T, B, H = dA_n.shape
     dh = dhT.copy()
     dq = np.empty((B, H), dout.dtype)                 # gradient of r * h_{t-1}
     prod = np.empty((B, H), dout.dtype)               # dA_rz,t U_rz
@@ -436,9 +455,10 @@ def gru_backward(dout, dhT, U_rz, U_n, mask, S, acts, dA_rz, dA_n):
                 dA_rz[t, b] = 0
                 dA_n[t, b] = 0
                 continue
+            go = _at(dout, t, b, tm)
             for j in range(H):
                 z, n = acts[t, b, H + j], acts[t, b, 2 * H + j]
-                gh = dh[b, j] + dout[t, b, j]
+                gh = dh[b, j] + go[j]
                 dA_rz[t, b, H + j] = gh * (n - S[t, b, j]) * z * (1 - z)
                 dA_n[t, b, j] = gh * z * (1 - n * n)
                 dh[b, j] = gh * (1 - z)
@@ -457,17 +477,18 @@ def gru_backward(dout, dhT, U_rz, U_n, mask, S, acts, dA_rz, dA_n):
 # -- GRU, torch: n = tanh(xw_n + r * (U_n h + b_hn)); h_t = (1 - z) n + z h -------------------------
 
 @njit(**JIT)
-def gru_torch_forward(xw, UT, bh, h0, mask, out, S, HN, acts):
+def gru_torch_forward(xw, UT, bh, h0, mask, out, tm, S, HN, acts):
     """acts (T, B, 3H) holds r, z, n; HN (T, B, H) is U_n h_{t-1} + b_hn; bh = b_hh (3H)."""
-    T, B, H = out.shape
+    T, B, H = HN.shape
     S[0] = h0
     a = np.empty((B, 3 * H), xw.dtype)
     for t in range(T):
         _matmul(S[t], UT, a)
         for b in range(B):
             if not mask[t, b]:
-                _carry(t, b, S, out)
+                _carry(t, b, S, out, tm)
                 continue
+            o = _at(out, t, b, tm)
             for j in range(H):
                 r = _sigmoid(xw[t, b, j] + (a[b, j] + bh[j]))
                 z = _sigmoid(xw[t, b, H + j] + (a[b, H + j] + bh[H + j]))
@@ -476,13 +497,13 @@ def gru_torch_forward(xw, UT, bh, h0, mask, out, S, HN, acts):
                 h = (1 - z) * n + z * S[t, b, j]
                 acts[t, b, j], acts[t, b, H + j], acts[t, b, 2 * H + j] = r, z, n
                 HN[t, b, j] = hn
-                S[t + 1, b, j], out[t, b, j] = h, h
+                S[t + 1, b, j], o[j] = h, h
 
 
 @njit(**JIT)
-def gru_torch_backward(dout, dhT, U, mask, S, HN, acts, dA, dHN):
+def gru_torch_backward(dout, tm, dhT, U, mask, S, HN, acts, dA, dHN):
     """Fills dA (= d xw) and dHN (d of U_n h + b_hn); returns dh0."""
-    T, B, H = dout.shape
+    T, B, H = HN.shape
     dh = dhT.copy()
     dhh = np.empty((B, 3 * H), dout.dtype)            # gradient of h_{t-1} U^T (+ b_hh)
     prod = np.empty((B, H), dout.dtype)               # dhh U
@@ -493,9 +514,10 @@ def gru_torch_backward(dout, dhT, U, mask, S, HN, acts, dA, dHN):
                 dHN[t, b] = 0
                 dhh[b] = 0
                 continue
+            go = _at(dout, t, b, tm)
             for j in range(H):
                 r, z, n = acts[t, b, j], acts[t, b, H + j], acts[t, b, 2 * H + j]
-                gh = dh[b, j] + dout[t, b, j]
+                gh = dh[b, j] + go[j]
                 da_n = gh * (1 - z) * (1 - n * n)
                 da_r = da_n * HN[t, b, j] * r * (1 - r)
                 da_z = gh * (S[t, b, j] - n) * z * (1 - z)
