@@ -69,8 +69,10 @@ def assert_same(ours, reference, dtype):
 
 # (case, T, B, I, H): B * H * G*H crosses kernels.cpu.BLAS_MIN in "large", so both the plain
 # loop and the BLAS path of the per-step products are covered.
+# "sorted": lengths ascending as data.batching makes them, so the first rows end first and the
+# kernels skip leading rows (kernels.cpu._rows); one sequence is empty.
 CASES = [("padded", 7, 4, 3, 5), ("batch_first", 6, 3, 4, 6), ("no_state", 5, 2, 3, 4),
-         ("unbatched", 6, 1, 3, 5), ("large", 9, 16, 5, 20)]
+         ("unbatched", 6, 1, 3, 5), ("large", 9, 16, 5, 20), ("sorted", 7, 4, 3, 5)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -90,6 +92,8 @@ def test_fast_matches_reference(name, variant, case, T, B, I, H, dtype):
     kwargs = {}
     if case in ("padded", "large"):
         kwargs["lengths"] = torch.tensor([T, 2, 0, T - 1] + [T] * (B - 4))[:B]
+    if case == "sorted":
+        kwargs["lengths"] = torch.tensor([2, 0, 5, T])
     if case == "batch_first":
         kwargs["mask"] = torch.arange(T).unsqueeze(0) < torch.tensor([[T], [1], [4]])  # (B, T)
     results = [run(unit, x, state, seed=3, **kwargs) for unit in (fast, ref)]

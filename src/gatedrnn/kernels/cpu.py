@@ -263,6 +263,28 @@ def _at(a, t, b, time_major):
 
 
 @njit(**JIT)
+def _rows(mask, t):
+    """The rows lo..hi-1 of step t that hold every sequence still running (mask[t, b] != 0).
+    Rows outside are padding: the per-step products and gate loops skip them, so a batch of
+    sequences sorted by length (data.batching) pays only for the steps it has, as a packed
+    sequence would. Rows inside that are padding are handled one by one."""
+    B = mask.shape[1]
+    lo, hi = 0, B
+    while lo < hi and not mask[t, lo]:
+        lo += 1
+    while hi > lo and not mask[t, hi - 1]:
+        hi -= 1
+    return lo, hi
+
+
+@njit(**JIT)
+def _flat(a, k0, k1):
+    """Entries k0..k1-1 of the C-contiguous (B, H) array a, flattened: loops over them index
+    from 0 (a loop from k0 would keep numba's negative-index check and not vectorize)."""
+    return a.reshape(a.size)[k0:k1]
+
+
+@njit(**JIT)
 def _carry(t, b, S, out, tm):
     """A padded step of sequence b: the state is carried, the output is zero."""
     S[t + 1, b] = S[t, b]
@@ -277,7 +299,8 @@ def tanh_forward(xw, UT, bh, h0, mask, out, tm, S):
     S[0] = h0
     a = np.empty((B, H), xw.dtype)
     for t in range(T):
-        _matmul(S[t], UT, a)
+        lo, hi = _rows(mask, t)
+        _matmul(S[t, lo:hi], UT, a[lo:hi])
         for b in range(B):
             if mask[t, b]:
                 o = _at(out, t, b, tm)
@@ -304,8 +327,9 @@ def tanh_backward(dout, tm, dhT, U, mask, S, dA):
                     dA[t, b, j] = (dh[b, j] + go[j]) * (1 - y * y)
             else:
                 dA[t, b] = 0
-        _matmul(dA[t], U, prod)
-        for b in range(B):
+        lo, hi = _rows(mask, t)
+        _matmul(dA[t, lo:hi], U, prod[lo:hi])
+        for b in range(lo, hi):
             if mask[t, b]:                # h_t depends on h_{t-1} only through the product
                 dh[b] = prod[b]
     return dh
@@ -316,8 +340,8 @@ def tanh_backward(dout, tm, dhT, U, mask, S, dA):
 @njit(**JIT)
 def lstm_forward(xw, UT, bh, P, h0, c0, mask, out, tm, S, C, acts, tc):
     """acts (T, 4, B, H) holds i, f, g, o gate-major; C (T+1, B, H) the cell states; tc (T, B, H)
-    tanh(c_t). Gate-major, every elementwise loop runs over all B*H entries at once (long
-    vectorized loops, no per-row remainders)."""
+    tanh(c_t). Gate-major, every elementwise loop runs over the rows lo..hi-1 (_rows) at once,
+    entries k0..k1-1 of B*H (long vectorized loops, no per-row remainders)."""
     T, B, H = tc.shape
     n = B * H
     S[0] = h0
@@ -327,33 +351,38 @@ def lstm_forward(xw, UT, bh, P, h0, c0, mask, out, tm, S, C, acts, tc):
     for k in range(3):
         for b in range(B):
             PB[k, b] = P[k]
-    pi, pf, po = PB[0].reshape(n), PB[1].reshape(n), PB[2].reshape(n)
+    pi_, pf_, po_ = PB[0].reshape(n), PB[1].reshape(n), PB[2].reshape(n)
     for t in range(T):
-        _matmul(S[t], UT, a)
+        lo, hi = _rows(mask, t)                 # the gate loops run over entries k0..k1-1
+        k0, k1 = lo * H, hi * H
+        _matmul(S[t, lo:hi], UT, a[lo:hi])
         for k in range(4):
-            for b in range(B):
+            for b in range(lo, hi):
                 for j in range(H):
                     acts[t, k, b, j] = xw[t, b, k * H + j] + (a[b, k * H + j] + bh[k * H + j])
-        i, f = acts[t, 0].reshape(n), acts[t, 1].reshape(n)
-        g, o = acts[t, 2].reshape(n), acts[t, 3].reshape(n)
-        c_prev, c, y, h = C[t].reshape(n), C[t + 1].reshape(n), tc[t].reshape(n), S[t + 1].reshape(n)
-        for k in range(n):
+        i, f = _flat(acts[t, 0], k0, k1), _flat(acts[t, 1], k0, k1)
+        g, o = _flat(acts[t, 2], k0, k1), _flat(acts[t, 3], k0, k1)
+        c_prev, c = _flat(C[t], k0, k1), _flat(C[t + 1], k0, k1)
+        y, h = _flat(tc[t], k0, k1), _flat(S[t + 1], k0, k1)
+        pi, pf, po = pi_[k0:k1], pf_[k0:k1], po_[k0:k1]
+        for k in range(k1 - k0):
             i[k] = _sigmoid(i[k] + pi[k] * c_prev[k])
-        for k in range(n):
+        for k in range(k1 - k0):
             f[k] = _sigmoid(f[k] + pf[k] * c_prev[k])
-        for k in range(n):
+        for k in range(k1 - k0):
             g[k] = _tanh(g[k])
-        for k in range(n):
+        for k in range(k1 - k0):
             c[k] = f[k] * c_prev[k] + i[k] * g[k]
-        for k in range(n):
+        for k in range(k1 - k0):
             o[k] = _sigmoid(o[k] + po[k] * c[k])
-        for k in range(n):
+        for k in range(k1 - k0):
             y[k] = _tanh(c[k])
-        for k in range(n):
+        for k in range(k1 - k0):
             h[k] = o[k] * y[k]
         for b in range(B):
-            _at(out, t, b, tm)[:] = S[t + 1, b]
-            if not mask[t, b]:
+            if mask[t, b]:
+                _at(out, t, b, tm)[:] = S[t + 1, b]
+            else:
                 _carry(t, b, S, out, tm)
                 C[t + 1, b] = C[t, b]
 
@@ -363,29 +392,30 @@ def lstm_backward(dout, tm, dhT, dcT, U, P, mask, C, acts, tc, dA, dP):
     """Fills dA (T, B, 4H) and adds the peepholes' gradient per row to dP (3, B, H, zeroed by
     the caller); returns dh0, dc0. Gate-major flat loops like the forward."""
     T, B, H = tc.shape
-    n = B * H
     dh, dc = dhT.copy(), dcT.copy()
-    dhf, dcf = dh.reshape(n), dc.reshape(n)
     held_h, held_c = np.empty_like(dh), np.empty_like(dc)   # padded rows: carried unchanged
     prod = np.empty_like(dh)                                  # dA_t U
     dG = np.empty((4, B, H), dout.dtype)                      # this step's dA, gate-major
     gout = np.empty((B, H), dout.dtype)                       # this step's dout, contiguous
-    go = gout.reshape(n)
-    di, df, dg, do = dG[0].reshape(n), dG[1].reshape(n), dG[2].reshape(n), dG[3].reshape(n)
     PB = np.empty((3, B, H), dout.dtype)
     for k in range(3):
         for b in range(B):
             PB[k, b] = P[k]
-    pi, pf, po = PB[0].reshape(n), PB[1].reshape(n), PB[2].reshape(n)
     for t in range(T - 1, -1, -1):
         held_h[:] = dh
         held_c[:] = dc
-        i, f = acts[t, 0].reshape(n), acts[t, 1].reshape(n)
-        g, o = acts[t, 2].reshape(n), acts[t, 3].reshape(n)
-        y, c_prev = tc[t].reshape(n), C[t].reshape(n)
-        for b in range(B):
+        lo, hi = _rows(mask, t)                 # the gate loops run over entries k0..k1-1
+        k0, k1 = lo * H, hi * H
+        i, f = _flat(acts[t, 0], k0, k1), _flat(acts[t, 1], k0, k1)
+        g, o = _flat(acts[t, 2], k0, k1), _flat(acts[t, 3], k0, k1)
+        y, c_prev = _flat(tc[t], k0, k1), _flat(C[t], k0, k1)
+        di, df = _flat(dG[0], k0, k1), _flat(dG[1], k0, k1)
+        dg, do = _flat(dG[2], k0, k1), _flat(dG[3], k0, k1)
+        pi, pf, po = _flat(PB[0], k0, k1), _flat(PB[1], k0, k1), _flat(PB[2], k0, k1)
+        dhf, dcf, go = _flat(dh, k0, k1), _flat(dc, k0, k1), _flat(gout, k0, k1)
+        for b in range(lo, hi):
             gout[b] = _at(dout, t, b, tm)
-        for k in range(n):
+        for k in range(k1 - k0):
             gh = dhf[k] + go[k]
             do[k] = gh * y[k] * o[k] * (1 - o[k])
             dcn = dcf[k] + gh * o[k] * (1 - y[k] * y[k]) + do[k] * po[k]
@@ -404,8 +434,8 @@ def lstm_backward(dout, tm, dhT, dcT, U, P, mask, C, acts, tc, dA, dP):
             else:
                 dA[t, b] = 0
                 dc[b] = held_c[b]
-        _matmul(dA[t], U, prod)
-        for b in range(B):
+        _matmul(dA[t, lo:hi], U, prod[lo:hi])
+        for b in range(lo, hi):
             dh[b] = prod[b] if mask[t, b] else held_h[b]
     return dh, dc
 
@@ -420,14 +450,18 @@ def gru_forward(xw, UT_rz, UT_n, h0, mask, out, tm, S, Q, acts):
     a = np.empty((B, 2 * H), xw.dtype)
     an = np.empty((B, H), xw.dtype)
     for t in range(T):
-        _matmul(S[t], UT_rz, a)
+        lo, hi = _rows(mask, t)
+        _matmul(S[t, lo:hi], UT_rz, a[lo:hi])
         for b in range(B):
+            if b < lo or b >= hi:
+                Q[t, b] = 0                             # finite: dU sums dA_n^T Q over all rows
+                continue
             for j in range(H):
                 r = _sigmoid(xw[t, b, j] + a[b, j])
                 acts[t, b, j] = r
                 acts[t, b, H + j] = _sigmoid(xw[t, b, H + j] + a[b, H + j])
                 Q[t, b, j] = r * S[t, b, j]
-        _matmul(Q[t], UT_n, an)
+        _matmul(Q[t, lo:hi], UT_n, an[lo:hi])
         for b in range(B):
             if not mask[t, b]:
                 _carry(t, b, S, out, tm)
@@ -461,15 +495,16 @@ def gru_backward(dout, tm, dhT, U_rz, U_n, mask, S, acts, dA_rz, dA_n):
                 dA_rz[t, b, H + j] = gh * (n - S[t, b, j]) * z * (1 - z)
                 dA_n[t, b, j] = gh * z * (1 - n * n)
                 dh[b, j] = gh * (1 - z)
-        _matmul(dA_n[t], U_n, dq)
-        for b in range(B):
+        lo, hi = _rows(mask, t)
+        _matmul(dA_n[t, lo:hi], U_n, dq[lo:hi])
+        for b in range(lo, hi):
             if mask[t, b]:
                 for j in range(H):
                     r = acts[t, b, j]
                     dA_rz[t, b, j] = dq[b, j] * S[t, b, j] * r * (1 - r)
                     dh[b, j] += dq[b, j] * r
-        _matmul(dA_rz[t], U_rz, prod)
-        dh += prod
+        _matmul(dA_rz[t, lo:hi], U_rz, prod[lo:hi])
+        dh[lo:hi] += prod[lo:hi]
     return dh
 
 
@@ -482,7 +517,8 @@ def gru_torch_forward(xw, UT, bh, h0, mask, out, tm, S, HN, acts):
     S[0] = h0
     a = np.empty((B, 3 * H), xw.dtype)
     for t in range(T):
-        _matmul(S[t], UT, a)
+        lo, hi = _rows(mask, t)
+        _matmul(S[t, lo:hi], UT, a[lo:hi])
         for b in range(B):
             if not mask[t, b]:
                 _carry(t, b, S, out, tm)
@@ -525,8 +561,9 @@ def gru_torch_backward(dout, tm, dhT, U, mask, S, HN, acts, dA, dHN):
                 dhh[b, 2 * H + j] = da_n * r
                 dHN[t, b, j] = da_n * r
                 dh[b, j] = gh * z
-        _matmul(dhh, U, prod)
-        dh += prod
+        lo, hi = _rows(mask, t)
+        _matmul(dhh[lo:hi], U, prod[lo:hi])
+        dh[lo:hi] += prod[lo:hi]
     return dh
 
 
