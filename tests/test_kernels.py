@@ -67,8 +67,7 @@ def assert_same(ours, reference, dtype):
         torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * scale)
 
 
-# (case, T, B, I, H): B * H * G*H crosses kernels.cpu.BLAS_MIN in "large", so both the plain
-# loop and the BLAS path of the per-step products are covered.
+# (case, T, B, I, H)
 # "sorted": lengths ascending as data.batching makes them, so the first rows end first and the
 # kernels skip leading rows (kernels.cpu._rows); one sequence is empty.
 CASES = [("padded", 7, 4, 3, 5), ("batch_first", 6, 3, 4, 6), ("no_state", 5, 2, 3, 4),

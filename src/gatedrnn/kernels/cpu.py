@@ -28,10 +28,6 @@ from llvmlite import binding, ir
 from numba import njit, types
 from numba.extending import get_cython_function_address, intrinsic, overload
 
-# m*k*n of a per-step product from which BLAS beats the plain loop below (measured on the 2-core
-# machine, float32: already at 1 x 100 x 100 and 32 x 36 x 144, 15-50% faster).
-BLAS_MIN = 1 << 12
-
 
 # -- BLAS: the per-step products call the Fortran sgemm_ / dgemm_ that torch itself uses -------
 # torch's x86 wheels carry MKL and export its sgemm_ / dgemm_; at these sizes MKL is 1.2-1.5x
@@ -233,26 +229,43 @@ def _matmul(a, b, out):
     out (no temporary); the callers fold the additions into their elementwise loops."""
     M, K = a.shape
     N = b.shape[1]
-    if M * K * N >= BLAS_MIN:
-        # row-major out = a b is column-major out^T = b^T a^T: gemm("N", "N", N, M, K, ...)
-        args = np.array([ord("N"), N, M, K], np.int32)
-        scale = np.zeros(2, a.dtype)
-        scale[0] = 1
-        p = args.ctypes.data
-        if scale.itemsize == 4:       # float32
-            _sgemm(p, p, p + 4, p + 8, p + 12, scale.ctypes.data, b.ctypes.data, p + 4,
-                   a.ctypes.data, p + 12, scale.ctypes.data + scale.itemsize, out.ctypes.data, p + 4)
-        else:
-            _dgemm(p, p, p + 4, p + 8, p + 12, scale.ctypes.data, b.ctypes.data, p + 4,
-                   a.ctypes.data, p + 12, scale.ctypes.data + scale.itemsize, out.ctypes.data, p + 4)
+    if M == 0:                            # every row of the step is padding
         return
-    out[:] = 0
-    for m in range(M):
-        for k in range(K):
-            v = a[m, k]
-            if v != 0:
-                for n in range(N):
-                    out[m, n] += v * b[k, n]
+    # row-major out = a b is column-major out^T = b^T a^T: gemm("N", "N", N, M, K, ...)
+    args = np.empty(4, np.int32)          # "N", then the sizes; no array-from-list (slow to compile)
+    args[0], args[1], args[2], args[3] = 78, N, M, K
+    scale = np.empty(2, a.dtype)          # alpha = 1, beta = 0
+    scale[0], scale[1] = 1, 0
+    p = args.ctypes.data
+    if scale.itemsize == 4:       # float32
+        _sgemm(p, p, p + 4, p + 8, p + 12, scale.ctypes.data, b.ctypes.data, p + 4,
+               a.ctypes.data, p + 12, scale.ctypes.data + scale.itemsize, out.ctypes.data, p + 4)
+    else:
+        _dgemm(p, p, p + 4, p + 8, p + 12, scale.ctypes.data, b.ctypes.data, p + 4,
+               a.ctypes.data, p + 12, scale.ctypes.data + scale.itemsize, out.ctypes.data, p + 4)
+
+
+@njit(**JIT)
+def _copy(dst, src):
+    """dst[...] = src[...] for C-contiguous arrays of the same size."""
+    d, s = dst.reshape(dst.size), src.reshape(src.size)
+    for k in range(d.size):
+        d[k] = s[k]
+
+
+@njit(**JIT)
+def _zero(dst):
+    d = dst.reshape(dst.size)
+    for k in range(d.size):
+        d[k] = 0
+
+
+@njit(**JIT)
+def _add(dst, src):
+    """dst[...] += src[...] for C-contiguous arrays of the same size."""
+    d, s = dst.reshape(dst.size), src.reshape(src.size)
+    for k in range(d.size):
+        d[k] += s[k]
 
 
 @njit(**JIT)
@@ -287,8 +300,8 @@ def _flat(a, k0, k1):
 @njit(**JIT)
 def _carry(t, b, S, out, tm):
     """A padded step of sequence b: the state is carried, the output is zero."""
-    S[t + 1, b] = S[t, b]
-    _at(out, t, b, tm)[:] = 0
+    _copy(S[t + 1, b], S[t, b])
+    _zero(_at(out, t, b, tm))
 
 
 # -- tanh: h_t = tanh(xw_t + h_{t-1} U^T + bh); bh = 0 (paper) or b_hh (torch) ----------------
@@ -296,7 +309,7 @@ def _carry(t, b, S, out, tm):
 @njit(**JIT)
 def tanh_forward(xw, UT, bh, h0, mask, out, tm, S):
     T, B, H = xw.shape[0], xw.shape[1], UT.shape[0]
-    S[0] = h0
+    _copy(S[0], h0)
     a = np.empty((B, H), xw.dtype)
     for t in range(T):
         lo, hi = _rows(mask, t)
@@ -326,12 +339,12 @@ def tanh_backward(dout, tm, dhT, U, mask, S, dA):
                     y = S[t + 1, b, j]
                     dA[t, b, j] = (dh[b, j] + go[j]) * (1 - y * y)
             else:
-                dA[t, b] = 0
+                _zero(dA[t, b])
         lo, hi = _rows(mask, t)
         _matmul(dA[t, lo:hi], U, prod[lo:hi])
         for b in range(lo, hi):
             if mask[t, b]:                # h_t depends on h_{t-1} only through the product
-                dh[b] = prod[b]
+                _copy(dh[b], prod[b])
     return dh
 
 
@@ -344,13 +357,13 @@ def lstm_forward(xw, UT, bh, P, h0, c0, mask, out, tm, S, C, acts, tc):
     entries k0..k1-1 of B*H (long vectorized loops, no per-row remainders)."""
     T, B, H = tc.shape
     n = B * H
-    S[0] = h0
-    C[0] = c0
+    _copy(S[0], h0)
+    _copy(C[0], c0)
     a = np.empty((B, 4 * H), xw.dtype)
     PB = np.empty((3, B, H), xw.dtype)          # the peepholes repeated over the batch
     for k in range(3):
         for b in range(B):
-            PB[k, b] = P[k]
+            _copy(PB[k, b], P[k])
     pi_, pf_, po_ = PB[0].reshape(n), PB[1].reshape(n), PB[2].reshape(n)
     for t in range(T):
         lo, hi = _rows(mask, t)                 # the gate loops run over entries k0..k1-1
@@ -381,10 +394,10 @@ def lstm_forward(xw, UT, bh, P, h0, c0, mask, out, tm, S, C, acts, tc):
             h[k] = o[k] * y[k]
         for b in range(B):
             if mask[t, b]:
-                _at(out, t, b, tm)[:] = S[t + 1, b]
+                _copy(_at(out, t, b, tm), S[t + 1, b])
             else:
                 _carry(t, b, S, out, tm)
-                C[t + 1, b] = C[t, b]
+                _copy(C[t + 1, b], C[t, b])
 
 
 @njit(**JIT)
@@ -400,10 +413,10 @@ def lstm_backward(dout, tm, dhT, dcT, U, P, mask, C, acts, tc, dA, dP):
     PB = np.empty((3, B, H), dout.dtype)
     for k in range(3):
         for b in range(B):
-            PB[k, b] = P[k]
+            _copy(PB[k, b], P[k])
     for t in range(T - 1, -1, -1):
-        held_h[:] = dh
-        held_c[:] = dc
+        _copy(held_h, dh)
+        _copy(held_c, dc)
         lo, hi = _rows(mask, t)                 # the gate loops run over entries k0..k1-1
         k0, k1 = lo * H, hi * H
         i, f = _flat(acts[t, 0], k0, k1), _flat(acts[t, 1], k0, k1)
@@ -414,7 +427,7 @@ def lstm_backward(dout, tm, dhT, dcT, U, P, mask, C, acts, tc, dA, dP):
         pi, pf, po = _flat(PB[0], k0, k1), _flat(PB[1], k0, k1), _flat(PB[2], k0, k1)
         dhf, dcf, go = _flat(dh, k0, k1), _flat(dc, k0, k1), _flat(gout, k0, k1)
         for b in range(lo, hi):
-            gout[b] = _at(dout, t, b, tm)
+            _copy(gout[b], _at(dout, t, b, tm))
         for k in range(k1 - k0):
             gh = dhf[k] + go[k]
             do[k] = gh * y[k] * o[k] * (1 - o[k])
@@ -426,17 +439,17 @@ def lstm_backward(dout, tm, dhT, dcT, U, P, mask, C, acts, tc, dA, dP):
         for b in range(B):
             if mask[t, b]:
                 for k in range(4):
-                    dA[t, b, k * H:(k + 1) * H] = dG[k, b]
+                    _copy(dA[t, b, k * H:(k + 1) * H], dG[k, b])
                 for j in range(H):          # V_i, V_f see c_{t-1}; V_o sees c_t
                     dP[0, b, j] += dG[0, b, j] * C[t, b, j]
                     dP[1, b, j] += dG[1, b, j] * C[t, b, j]
                     dP[2, b, j] += dG[3, b, j] * C[t + 1, b, j]
             else:
-                dA[t, b] = 0
-                dc[b] = held_c[b]
+                _zero(dA[t, b])
+                _copy(dc[b], held_c[b])
         _matmul(dA[t, lo:hi], U, prod[lo:hi])
         for b in range(lo, hi):
-            dh[b] = prod[b] if mask[t, b] else held_h[b]
+            _copy(dh[b], prod[b] if mask[t, b] else held_h[b])
     return dh, dc
 
 
@@ -446,7 +459,7 @@ def lstm_backward(dout, tm, dhT, dcT, U, P, mask, C, acts, tc, dA, dP):
 def gru_forward(xw, UT_rz, UT_n, h0, mask, out, tm, S, Q, acts):
     """acts (T, B, 3H) holds r, z, n; Q (T, B, H) is r * h_{t-1}, the input of U_n."""
     T, B, H = Q.shape
-    S[0] = h0
+    _copy(S[0], h0)
     a = np.empty((B, 2 * H), xw.dtype)
     an = np.empty((B, H), xw.dtype)
     for t in range(T):
@@ -454,7 +467,7 @@ def gru_forward(xw, UT_rz, UT_n, h0, mask, out, tm, S, Q, acts):
         _matmul(S[t, lo:hi], UT_rz, a[lo:hi])
         for b in range(B):
             if b < lo or b >= hi:
-                Q[t, b] = 0                             # finite: dU sums dA_n^T Q over all rows
+                _zero(Q[t, b])                          # finite: dU sums dA_n^T Q over all rows
                 continue
             for j in range(H):
                 r = _sigmoid(xw[t, b, j] + a[b, j])
@@ -485,8 +498,8 @@ def gru_backward(dout, tm, dhT, U_rz, U_n, mask, S, acts, dA_rz, dA_n):
     for t in range(T - 1, -1, -1):
         for b in range(B):
             if not mask[t, b]:
-                dA_rz[t, b] = 0
-                dA_n[t, b] = 0
+                _zero(dA_rz[t, b])
+                _zero(dA_n[t, b])
                 continue
             go = _at(dout, t, b, tm)
             for j in range(H):
@@ -504,7 +517,7 @@ def gru_backward(dout, tm, dhT, U_rz, U_n, mask, S, acts, dA_rz, dA_n):
                     dA_rz[t, b, j] = dq[b, j] * S[t, b, j] * r * (1 - r)
                     dh[b, j] += dq[b, j] * r
         _matmul(dA_rz[t, lo:hi], U_rz, prod[lo:hi])
-        dh[lo:hi] += prod[lo:hi]
+        _add(dh[lo:hi], prod[lo:hi])
     return dh
 
 
@@ -514,7 +527,7 @@ def gru_backward(dout, tm, dhT, U_rz, U_n, mask, S, acts, dA_rz, dA_n):
 def gru_torch_forward(xw, UT, bh, h0, mask, out, tm, S, HN, acts):
     """acts (T, B, 3H) holds r, z, n; HN (T, B, H) is U_n h_{t-1} + b_hn; bh = b_hh (3H)."""
     T, B, H = HN.shape
-    S[0] = h0
+    _copy(S[0], h0)
     a = np.empty((B, 3 * H), xw.dtype)
     for t in range(T):
         lo, hi = _rows(mask, t)
@@ -545,9 +558,9 @@ def gru_torch_backward(dout, tm, dhT, U, mask, S, HN, acts, dA, dHN):
     for t in range(T - 1, -1, -1):
         for b in range(B):
             if not mask[t, b]:
-                dA[t, b] = 0
-                dHN[t, b] = 0
-                dhh[b] = 0
+                _zero(dA[t, b])
+                _zero(dHN[t, b])
+                _zero(dhh[b])
                 continue
             go = _at(dout, t, b, tm)
             for j in range(H):
@@ -563,7 +576,7 @@ def gru_torch_backward(dout, tm, dhT, U, mask, S, HN, acts, dA, dHN):
                 dh[b, j] = gh * z
         lo, hi = _rows(mask, t)
         _matmul(dhh[lo:hi], U, prod[lo:hi])
-        dh[lo:hi] += prod[lo:hi]
+        _add(dh[lo:hi], prod[lo:hi])
     return dh
 
 
