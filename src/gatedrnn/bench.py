@@ -16,7 +16,8 @@ uniform random inputs of the same width, where both sides pay the dense input pr
 Then one training epoch of Nottingham per unit: our model on its default backend (the fast
 recurrence and the compiled Bernoulli NLL, kernels.bernoulli_nll) against the same model built on
 torch.nn (nn.LSTM / nn.GRU / nn.RNN, nn.Linear, F.binary_cross_entropy_with_logits); same sizes,
-batch size and optimizer, no weight noise in either.
+batches and optimizer, no weight noise in either. The torch.nn unit is fed each padded batch
+whole (TorchNNUnit); ours skips the rows of sequences that have ended (kernels.cpu._rows).
 """
 import dataclasses
 import datetime
