@@ -158,14 +158,17 @@ def test_training_step_changes_parameters_like_reference(name):
     assert_same(after[0][1], after[1][1], torch.float64)
 
 
-def test_double_backward_uses_reference_with_one_warning(monkeypatch):
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_double_backward_uses_reference_with_one_warning(monkeypatch, batch_first):
+    """Also for batch-first output (written in place by the kernels) with padding."""
     monkeypatch.setattr(kernels, "_warned", set())
-    ref, fast = pair("gru", "paper", 3, 4, torch.float64, seed=13)
-    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    ref, fast = pair("gru", "paper", 3, 4, torch.float64, seed=13, batch_first=batch_first)
+    x = torch.randn((2, 4, 3) if batch_first else (4, 2, 3), dtype=torch.float64)
+    lengths = torch.tensor([4, 2] if batch_first else [3, 2])
     second = []
     for unit in (fast, ref):
         xx = x.clone().requires_grad_()
-        out, _ = unit(xx)
+        out, _ = unit(xx, lengths=lengths)
         with pytest.warns(RuntimeWarning, match="double backward") if unit is fast else nullcontext():
             (gx,) = torch.autograd.grad(out.pow(2).sum(), xx, create_graph=True)
         gx.pow(2).sum().backward()
