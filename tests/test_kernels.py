@@ -420,21 +420,3 @@ def test_bernoulli_head_follows_the_models_backend(monkeypatch):
         results.append([nll, *torch.autograd.grad(nll.sum(), list(model.parameters()))])
     assert calls == [1]
     assert_same(*results, torch.float32)
-
-
-def test_malloc_thresholds_opt_out(monkeypatch):
-    """GATEDRNN_MALLOPT=0 leaves malloc alone; otherwise mallopt is called with both thresholds."""
-    import ctypes
-    calls = []
-
-    class FakeLibc:
-        def mallopt(self, param, value):
-            calls.append((param, value))
-            return 1
-    monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
-    monkeypatch.setenv("GATEDRNN_MALLOPT", "0")
-    kernels._keep_freed_memory()
-    assert calls == []
-    monkeypatch.delenv("GATEDRNN_MALLOPT")
-    kernels._keep_freed_memory()
-    assert calls == [(-3, 256 << 20), (-1, 1 << 30)]

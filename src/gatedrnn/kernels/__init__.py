@@ -42,31 +42,7 @@ def _load():
         else:
             _cpu = cpu
             _one_blas_thread()
-            _keep_freed_memory()
     return None if isinstance(_cpu, ImportError) else _cpu
-
-
-def _keep_freed_memory():
-    """Each forward and backward allocates a few MB of arrays (the gates, the states, dA) and
-    frees them when the batch is done. With glibc's default, adaptive thresholds such blocks are
-    often handed back to the kernel and faulted in again on the next batch: 20 to 2,000 page
-    faults per forward + backward of the music LSTM. On the 2-core machine 900 of them cost
-    4.3 ms of a 19 ms forward + backward (measured in one process, alternating the settings).
-    So blocks below 256 MB come from the heap and up to 1 GB of freed memory stays with the
-    process for reuse. Process-wide, glibc only (elsewhere nothing changes), applied when the
-    fast backend is first used; GATEDRNN_MALLOPT=0 opts out."""
-    import ctypes
-    import ctypes.util
-    if os.environ.get("GATEDRNN_MALLOPT") == "0":
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    mallopt(M_MMAP_THRESHOLD, 256 << 20)
-    mallopt(M_TRIM_THRESHOLD, 1 << 30)
 
 
 def _one_blas_thread():
