@@ -208,10 +208,22 @@ def test_backend_for_and_bad_backend():
         CELLS["lstm"](3, 4, backend="cuda")
 
 
+def apply_compiled(stub, v):
+    """stub (one of kernels.cpu's compiled math functions) of every entry of v, in compiled code."""
+    from numba import njit
+
+    @njit
+    def apply(v, out):
+        for i in range(v.size):
+            out[i] = stub(v[i])
+    got = np.empty_like(v)
+    apply(v, got)
+    return got
+
+
 @pytest.mark.parametrize("dtype, ulps", [(np.float64, 2), (np.float32, 3)])
 def test_math_functions_against_numpy(dtype, ulps):
     """The vectorizable exp, sigmoid, tanh and log(1 + e) of kernels/cpu.py, to a few ulp."""
-    from numba import njit
     from gatedrnn.kernels import cpu
     x = np.concatenate([np.linspace(-20, 20, 20001), np.geomspace(1e-12, 1, 200),
                         -np.geomspace(1e-12, 1, 200), [0.0, 0.625, -0.625]]).astype(dtype)
@@ -219,14 +231,7 @@ def test_math_functions_against_numpy(dtype, ulps):
     for name, ref, v in (("_exp", np.exp, x), ("_tanh", np.tanh, x),
                          ("_sigmoid", lambda v: 1 / (1 + np.exp(-v)), x),
                          ("_log1p_unit", np.log1p, unit)):
-        stub = getattr(cpu, name)
-
-        @njit
-        def apply(v, out):
-            for i in range(v.size):
-                out[i] = stub(v[i])
-        got = np.empty_like(v)
-        apply(v, got)
+        got = apply_compiled(getattr(cpu, name), v)
         np.testing.assert_allclose(got, ref(v.astype(np.float64)), atol=0,
                                    rtol=ulps * np.finfo(dtype).eps, err_msg=name)
 
@@ -236,16 +241,8 @@ def test_math_functions_against_numpy(dtype, ulps):
 def test_exp_at_the_extremes(dtype, tiny, huge):
     """Out of range, exp stays in [e^lo, e^hi] (standing for 0 and inf); NaN stays NaN, so that
     a diverged run shows as NaN."""
-    from numba import njit
     from gatedrnn.kernels import cpu
-
-    @njit
-    def apply(v, out):
-        for i in range(v.size):
-            out[i] = cpu._exp(v[i])
-    x = np.array([-1e4, -np.inf, 1e4, np.inf, np.nan], dtype)
-    got = np.empty_like(x)
-    apply(x, got)
+    got = apply_compiled(cpu._exp, np.array([-1e4, -np.inf, 1e4, np.inf, np.nan], dtype))
     assert (0 < got[:2]).all() and (got[:2] < tiny).all()
     assert (got[2:4] > huge).all() and np.isfinite(got[2:4]).all() and np.isnan(got[4])
 

@@ -67,6 +67,16 @@ RESULT_FIELDS = ("dataset", "cell", "variant", "test_nll_mean", "test_nll_std", 
                  "train_nll_mean", "seeds", "lr", "batch_size", "epochs", "seconds")
 
 
+def record(dataset, cell, variant, phase, lr, seed, trial, run_dir, config, metrics,
+           diverged=None):
+    """One record (see above); ``diverged``: the error of a run that diverged (metrics None)."""
+    out = {"dataset": dataset, "cell": cell, "variant": variant, "phase": phase, "lr": lr,
+           "seed": seed, "trial": trial, "run_dir": run_dir, "config": config, "metrics": metrics}
+    if diverged is not None:
+        out.update(metrics=None, diverged=diverged)
+    return out
+
+
 def records_from_run_dirs(root):
     """Records of every finished run under ROOT/runs/<dataset>/<cell>/<variant>/<phase>/trial-N
     (ROOT may also be the runs directory itself). A run without metrics.json, or one stopped by
@@ -84,13 +94,10 @@ def records_from_run_dirs(root):
         stopped = metrics.get("stopped") or {}
         if stopped and stopped.get("reason") != "non-finite":
             continue
-        record = {"dataset": config["dataset"], "cell": config["cell"],
-                  "variant": config["variant"], "phase": run.parent.name, "lr": config["lr"],
-                  "seed": config["seed"], "trial": int(run.name.split("-")[1]),
-                  "run_dir": str(run.resolve()), "config": config, "metrics": metrics}
-        if stopped:
-            record.update(metrics=None, diverged=stopped.get("error", "non-finite"))
-        out.append(record)
+        out.append(record(config["dataset"], config["cell"], config["variant"], run.parent.name,
+                          config["lr"], config["seed"], int(run.name.split("-")[1]),
+                          str(run.resolve()), config, metrics,
+                          diverged=stopped.get("error", "non-finite") if stopped else None))
     return out
 
 

@@ -527,6 +527,7 @@ def _tell(study, trial, value, log, name):
 def records(storage, sweep):
     """One record per finished trial with a result, from the storage alone (the same shape as
     report.records_from_run_dirs, so the table does not depend on where it was built)."""
+    from .report import record
     manifest = _load(storage, sweep)
     out = []
     for group in map(tuple, manifest.user_attrs.get("groups", [])):
@@ -537,11 +538,9 @@ def records(storage, sweep):
                 diverged = t.state.name == "FAIL" and "diverged" in t.user_attrs
                 if done or diverged:
                     a = t.user_attrs
-                    out.append({"dataset": group[0], "cell": group[1], "variant": group[2],
-                                "phase": phase, "lr": t.params["lr"], "seed": a["seed"],
-                                "trial": t.number, "run_dir": a["run_dir"],
-                                "config": a.get("config"), "metrics": a.get("metrics"),
-                                **({"diverged": a["diverged"]} if diverged else {})})
+                    out.append(record(*group, phase, t.params["lr"], a["seed"], t.number,
+                                      a["run_dir"], a.get("config"), a.get("metrics"),
+                                      diverged=a["diverged"] if diverged else None))
     return out
 
 

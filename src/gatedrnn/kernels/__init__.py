@@ -104,10 +104,9 @@ def project(x, weight, bias, mask=None, batch_first=False):
     T, B = (x.shape[1], x.shape[0]) if batch_first else x.shape[:2]
     if x.requires_grad or x.numel() == 0 or unsupported(x, weight, *(() if bias is None else (bias,))):
         return dense_project(x, weight, bias, mask, batch_first)
-    m = np.ones((T, B), np.uint8) if mask is None else mask.numpy().astype(np.uint8)
     ptr = np.empty(T * B + 1, np.int32)
     cols = np.empty(max(1, int(x.numel() * SPARSE_MAX)), np.int32)
-    if _cpu.binary_csr(_numpy(x), not batch_first, m, ptr, cols) < 0:
+    if _cpu.binary_csr(_numpy(x), not batch_first, _uint8_mask(mask, T, B), ptr, cols) < 0:
         return dense_project(x, weight, bias, mask, batch_first)
     return _Project.apply((ptr, cols), weight, bias).view(T, B, weight.shape[0])
 
@@ -168,6 +167,13 @@ class _BernoulliNLL(torch.autograd.Function):
         return ctx.grad * dnll.unsqueeze(-1), None
 
 
+def _uint8_mask(mask, T, B):
+    """The kernels' mask: (T, B) uint8 in C order (one compiled signature), all ones for None."""
+    if mask is None:
+        return np.ones((T, B), np.uint8)
+    return np.ascontiguousarray(mask.cpu().numpy(), np.uint8)
+
+
 def scan(kernel, step, xw, weights, state, mask, batch_first=False):
     """Outputs (T, B, H), or (B, T, H) with ``batch_first``, and the final state tuple of
     ``kernel`` (Tanh, LSTM, GRUPaper, GRUTorch).
@@ -177,10 +183,8 @@ def scan(kernel, step, xw, weights, state, mask, batch_first=False):
     None. ``step`` (the cell's reference step) is used only for a double backward.
     """
     T, B = xw.shape[:2]
-    m = (np.ones((T, B), np.uint8) if mask is None       # C order: one compiled signature
-         else np.ascontiguousarray(mask.cpu().numpy(), np.uint8))
     names = tuple(n for n in kernel.weights if n in weights)
-    ctx = _Call(kernel, step, names, m, None if mask is None else mask, not batch_first)
+    ctx = _Call(kernel, step, names, _uint8_mask(mask, T, B), mask, not batch_first)
     out = _Scan.apply(ctx, xw, *(weights[n] for n in names), *state)
     return out[0], tuple(out[1:])
 

@@ -298,6 +298,16 @@ def _flat(a, k0, k1):
 
 
 @njit(**JIT)
+def _over_batch(P, B):
+    """The peepholes P (3, H) repeated over the batch, (3, B, H): gate loops then read them flat."""
+    PB = np.empty((P.shape[0], B, P.shape[1]), P.dtype)
+    for k in range(P.shape[0]):
+        for b in range(B):
+            _copy(PB[k, b], P[k])
+    return PB
+
+
+@njit(**JIT)
 def _carry(t, b, S, out, tm):
     """A padded step of sequence b: the state is carried, the output is zero."""
     _copy(S[t + 1, b], S[t, b])
@@ -356,15 +366,10 @@ def lstm_forward(xw, UT, bh, P, h0, c0, mask, out, tm, S, C, acts, tc):
     tanh(c_t). Gate-major, every elementwise loop runs over the rows lo..hi-1 (_rows) at once,
     entries k0..k1-1 of B*H (long vectorized loops, no per-row remainders)."""
     T, B, H = tc.shape
-    n = B * H
     _copy(S[0], h0)
     _copy(C[0], c0)
     a = np.empty((B, 4 * H), xw.dtype)
-    PB = np.empty((3, B, H), xw.dtype)          # the peepholes repeated over the batch
-    for k in range(3):
-        for b in range(B):
-            _copy(PB[k, b], P[k])
-    pi_, pf_, po_ = PB[0].reshape(n), PB[1].reshape(n), PB[2].reshape(n)
+    PB = _over_batch(P, B)
     for t in range(T):
         lo, hi = _rows(mask, t)                 # the gate loops run over entries k0..k1-1
         k0, k1 = lo * H, hi * H
@@ -377,7 +382,7 @@ def lstm_forward(xw, UT, bh, P, h0, c0, mask, out, tm, S, C, acts, tc):
         g, o = _flat(acts[t, 2], k0, k1), _flat(acts[t, 3], k0, k1)
         c_prev, c = _flat(C[t], k0, k1), _flat(C[t + 1], k0, k1)
         y, h = _flat(tc[t], k0, k1), _flat(S[t + 1], k0, k1)
-        pi, pf, po = pi_[k0:k1], pf_[k0:k1], po_[k0:k1]
+        pi, pf, po = _flat(PB[0], k0, k1), _flat(PB[1], k0, k1), _flat(PB[2], k0, k1)
         for k in range(k1 - k0):
             i[k] = _sigmoid(i[k] + pi[k] * c_prev[k])
         for k in range(k1 - k0):
@@ -410,10 +415,7 @@ def lstm_backward(dout, tm, dhT, dcT, U, P, mask, C, acts, tc, dA, dP):
     prod = np.empty_like(dh)                                  # dA_t U
     dG = np.empty((4, B, H), dout.dtype)                      # this step's dA, gate-major
     gout = np.empty((B, H), dout.dtype)                       # this step's dout, contiguous
-    PB = np.empty((3, B, H), dout.dtype)
-    for k in range(3):
-        for b in range(B):
-            _copy(PB[k, b], P[k])
+    PB = _over_batch(P, B)
     for t in range(T - 1, -1, -1):
         _copy(held_h, dh)
         _copy(held_c, dc)
