@@ -361,6 +361,45 @@ def test_products_fall_back_to_scipys_blas_without_torchs():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
+def test_workspace_lends_a_buffer_again_only_when_nothing_holds_it():
+    ws = kernels._Workspace()
+    a = ws.empty((300, 100), np.float32)
+    address = a.ctypes.data
+    b = ws.empty((300, 100), np.float32)                 # a still held: another buffer
+    assert b.ctypes.data != address and a.flags.c_contiguous and a.shape == (300, 100)
+    view = a[10:]
+    del a
+    assert ws.empty((250, 120), np.float32).ctypes.data != address   # a view still holds it
+    del view
+    t = torch.from_numpy(ws.empty((299, 100), np.float32))          # same size class
+    assert t.data_ptr() == address
+    assert ws.empty((300, 100), np.float32).ctypes.data != address  # the tensor holds it
+    del t
+    assert ws.empty((300, 100), np.float64).ctypes.data != address  # another size class
+    assert ws.empty((300, 100), np.float32).ctypes.data == address
+    assert ws.empty((3, 4), np.float32).base is None                # small: plain np.empty
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_interleaved_calls_keep_their_arrays(name):
+    """Two forwards before their backwards, the first output still held: the second call
+    must not reuse what the first one's outputs and backward need."""
+    ref, fast = pair(name, "paper", 20, 48, torch.float32, seed=41)
+    xs = [binary((30, 16, 20), 0.1, seed=s, dtype=torch.float32) for s in (42, 43)]
+    expected = []
+    for x in xs:
+        out, _ = ref(x)
+        expected.append([out.detach(), *torch.autograd.grad((out * out).sum(), list(ref.parameters()))])
+    outs = [fast(x)[0] for x in xs]
+    kept = [o.detach().clone() for o in outs]
+    got = []
+    for out, copy in zip(outs, kept):
+        assert torch.equal(out.detach(), copy)
+        got.append([out.detach(), *torch.autograd.grad((out * out).sum(), list(fast.parameters()))])
+    for g, e in zip(got, expected):
+        assert_same(g, e, torch.float32)
+
+
 # -- the Bernoulli output layer's NLL ----------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])

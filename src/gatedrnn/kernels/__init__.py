@@ -9,6 +9,8 @@ than float32 / float64) goes to the reference loop with one warning naming the r
 backward recomputes the gradients with the reference loop (also with one warning).
 """
 import os
+import sys
+import threading
 import warnings
 
 import numpy as np
@@ -104,8 +106,8 @@ def project(x, weight, bias, mask=None, batch_first=False):
     T, B = (x.shape[1], x.shape[0]) if batch_first else x.shape[:2]
     if x.requires_grad or x.numel() == 0 or unsupported(x, weight, *(() if bias is None else (bias,))):
         return dense_project(x, weight, bias, mask, batch_first)
-    ptr = np.empty(T * B + 1, np.int32)
-    cols = np.empty(max(1, int(x.numel() * SPARSE_MAX)), np.int32)
+    ptr = _workspace.empty((T * B + 1,), np.int32)
+    cols = _workspace.empty((max(1, int(x.numel() * SPARSE_MAX)),), np.int32)
     if _cpu.binary_csr(_numpy(x), not batch_first, _uint8_mask(mask, T, B), ptr, cols) < 0:
         return dense_project(x, weight, bias, mask, batch_first)
     return _Project.apply((ptr, cols), weight, bias).view(T, B, weight.shape[0])
@@ -119,7 +121,7 @@ class _Project(torch.autograd.Function):
         ptr, cols = csr
         W = _numpy(weight)
         G = W.shape[0]
-        out = np.empty((len(ptr) - 1, G), W.dtype)
+        out = _empty(len(ptr) - 1, G, like=W)
         b = np.zeros(G, W.dtype) if bias is None else _numpy(bias)
         _cpu.binary_project(ptr, cols, np.ascontiguousarray(W.T), b, out)
         ctx.csr, ctx.shape = csr, weight.shape
@@ -156,7 +158,7 @@ class _BernoulliNLL(torch.autograd.Function):
     def forward(ctx, logits, target):
         D = logits.shape[-1]
         flat = _numpy(logits).reshape(-1, D)
-        nll, grad = np.empty(flat.shape[0], flat.dtype), np.empty_like(flat)
+        nll, grad = np.empty(flat.shape[0], flat.dtype), _empty(*flat.shape, like=flat)
         _cpu.bernoulli_nll(flat, _numpy(target).reshape(-1, D), nll, grad)
         ctx.grad = torch.from_numpy(grad).view(logits.shape)
         return torch.from_numpy(nll).view(logits.shape[:-1])
@@ -250,8 +252,45 @@ def _reference_vjp(call, inputs, grads, needs):
 # gradients of (xw, *the weights present, *state), in that order. The output (and its gradient)
 # is (T, B, H) if tm (time-major), else (B, T, H).
 
+class _Workspace:
+    """The kernels' large arrays, lent again once nothing holds them.
+
+    A fresh array of a few MB costs a page fault per 4 KB every time glibc has handed the last
+    one back to the kernel, which it does or not depending on the process's history: a music
+    LSTM forward + backward took 0 or 2,000 faults (13 or 18 ms) from one process to the next.
+    Arrays of at least MIN bytes are therefore views of buffers kept here, in power-of-two size
+    classes, at most PER_CLASS per class; a buffer is lent again when no array (no view, no
+    torch tensor made from one) refers to it any more, which its reference count tells."""
+    MIN, PER_CLASS = 1 << 16, 4
+
+    def __init__(self):
+        self.buffers = {}
+        self.lock = threading.Lock()
+
+    def empty(self, shape, dtype):
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if nbytes < self.MIN:
+            return np.empty(shape, dtype)
+        size = 1 << (nbytes - 1).bit_length()
+        with self.lock:
+            kept = self.buffers.setdefault(size, [])
+            for buf in kept:
+                if sys.getrefcount(buf) == 3:    # held by kept, buf and getrefcount only
+                    break
+            else:
+                buf = np.empty(size, np.uint8)
+                if len(kept) < self.PER_CLASS:
+                    kept.append(buf)
+            return buf[:nbytes].view(dtype).reshape(shape)
+
+
+_workspace = _Workspace()
+
+
 def _empty(*shape, like):
-    return np.empty(shape, like.dtype)
+    """np.empty(shape, like.dtype), from the workspace."""
+    return _workspace.empty(shape, like.dtype)
 
 
 def _dU(dA, S):
@@ -288,7 +327,7 @@ class Tanh:
     def backward(saved, grads, mask, tm):
         U, S, has_bias = saved
         dout, dhT = grads
-        dA = np.empty_like(S[1:])
+        dA = _empty(*S[1:].shape, like=S)
         dh0 = _cpu.tanh_backward(dout, tm, dhT, U, mask, S, dA)
         db = (dA.sum((0, 1)),) if has_bias else ()
         return (dA, _dU(dA, S[:-1]), *db, dh0)
@@ -312,7 +351,7 @@ class LSTM:
     def backward(saved, grads, mask, tm):
         U, P, S, C, acts, tc, names = saved
         dout, dhT, dcT = grads
-        dA = np.empty_like(acts, shape=(acts.shape[0], acts.shape[2], 4 * acts.shape[3]))
+        dA = _empty(acts.shape[0], acts.shape[2], 4 * acts.shape[3], like=acts)
         dP = np.zeros_like(acts, shape=(3, *acts.shape[2:]))
         dh0, dc0 = _cpu.lstm_backward(dout, tm, dhT, dcT, U, P, mask, C, acts, tc, dA, dP)
         extra = {"bias_hh": dA.sum((0, 1))} if "bias_hh" in names else {}
@@ -361,7 +400,7 @@ class GRUTorch:
     def backward(saved, grads, mask, tm):
         U, S, HN, acts = saved
         dout, dhT = grads
-        dA, dHN = np.empty_like(acts), np.empty_like(HN)
+        dA, dHN = _empty(*acts.shape, like=acts), _empty(*HN.shape, like=HN)
         dh0 = _cpu.gru_torch_backward(dout, tm, dhT, U, mask, S, HN, acts, dA, dHN)
         H = U.shape[1]
         dhh = np.concatenate([dA[..., :2 * H], dHN], axis=2)     # d(U h_{t-1} + b_hh)
