@@ -326,9 +326,19 @@ def test_projection_falls_back_to_linear(projected, case):
         torch.testing.assert_close(x.grad, W.sum(0).expand(6, 4, 16), rtol=0, atol=0)
 
 
+@pytest.fixture
+def csr_built(monkeypatch):
+    """Counts the binary inputs turned into CSR (the binary projection's first step)."""
+    kernels._load()
+    calls = []
+    original = kernels._cpu.binary_csr
+    monkeypatch.setattr(kernels._cpu, "binary_csr", lambda *a: calls.append(1) or original(*a))
+    return calls
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", NAMES)
-def test_fast_matches_reference_on_piano_rolls(projected, name, variant):
+def test_fast_matches_reference_on_piano_rolls(projected, csr_built, name, variant):
     """Binary inputs that need no gradient (data) take the binary projection; padded steps may
     hold anything, they are masked before it."""
     ref, fast = pair(name, variant, 20, 6, torch.float64, seed=23)
@@ -338,7 +348,26 @@ def test_fast_matches_reference_on_piano_rolls(projected, name, variant):
     results = [run(unit, x, state, seed=25, x_grad=False, lengths=torch.tensor([8, 6, 3, 1]))
                for unit in (fast, ref)]
     assert_same(*results, torch.float64)
-    assert projected == [1]
+    assert (csr_built, projected) == ([1], [])     # projected inside the kernels, step by step
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_double_backward_through_a_binary_input(monkeypatch, name):
+    """A gradient penalty on the parameters: the fused binary projection's double backward
+    rebuilds the input and recomputes with the reference loop."""
+    monkeypatch.setattr(kernels, "_warned", set())
+    ref, fast = pair(name, "paper", 20, 5, torch.float64, seed=51, batch_first=True)
+    x = binary((3, 6, 20), 0.1, seed=52)
+    second = []
+    for unit in (fast, ref):
+        out, _ = unit(x, lengths=torch.tensor([6, 4, 5]))
+        params = list(unit.parameters())
+        with pytest.warns(RuntimeWarning, match="double backward") if unit is fast else nullcontext():
+            grads = torch.autograd.grad(out.pow(2).sum(), params, create_graph=True)
+        sum(g.pow(2).sum() for g in grads).backward()
+        second.append([p.grad for p in params])
+    assert_same(*second, torch.float64)
+    assert len(kernels._warned) == 1
 
 
 def test_products_fall_back_to_scipys_blas_without_torchs():
@@ -356,6 +385,9 @@ def test_products_fall_back_to_scipys_blas_without_torchs():
         "    out = np.empty((32, 50), dt)\n"
         "    cpu._matmul(a, b, out)\n"
         "    assert np.allclose(out, a @ b, rtol=1e-5), dt\n"
+        "    acc = np.ones((40, 50), dt)\n"
+        "    cpu._add_tn(a, out, acc)\n"
+        "    assert np.allclose(acc, 1 + a.T @ out, rtol=1e-5), dt\n"
         "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -140,7 +140,7 @@ class RecurrentUnit(nn.Module):
         # (T, B, G*H), all steps at once; padding never reaches the arithmetic, not even as NaN
         batch_first = self.batch_first and not unbatched
         xw = project(input if batch_first else x, w["weight_ih"], w[_input_bias_name(self.variant)],
-                     mask, batch_first)
+                     mask, batch_first, **({"fused": True} if backend == "fast" else {}))
         if backend == "fast":     # batch-first output written in place by the kernels
             output, state = kernels.scan(self.fast_kernels[self.variant], self.step, xw, w, state,
                                          mask, batch_first)

@@ -99,10 +99,14 @@ def dense_project(x, weight, bias, mask=None, batch_first=False):
     return F.linear(x, weight, bias)
 
 
-def project(x, weight, bias, mask=None, batch_first=False):
+def project(x, weight, bias, mask=None, batch_first=False, fused=False):
     """``dense_project``, faster for piano rolls: a binary x (0/1, mostly 0) that needs no
     gradient is projected by adding the columns of W for the ones, forward and backward, read in
-    the layout given (no transposed copy, no masked copy). Anything else goes to dense_project."""
+    the layout given (no transposed copy, no masked copy). Anything else goes to dense_project.
+
+    With ``fused``, such an x comes back as a ``BinaryInput`` for ``scan``, whose kernels then
+    project each step as they run it: the (T, B, G) projection and its gradient are never
+    written to memory and read again."""
     T, B = (x.shape[1], x.shape[0]) if batch_first else x.shape[:2]
     if x.requires_grad or x.numel() == 0 or unsupported(x, weight, *(() if bias is None else (bias,))):
         return dense_project(x, weight, bias, mask, batch_first)
@@ -110,7 +114,27 @@ def project(x, weight, bias, mask=None, batch_first=False):
     cols = _workspace.empty((max(1, int(x.numel() * SPARSE_MAX)),), np.int32)
     if _cpu.binary_csr(_numpy(x), not batch_first, _uint8_mask(mask, T, B), ptr, cols) < 0:
         return dense_project(x, weight, bias, mask, batch_first)
+    if bias is None:
+        bias = weight.new_zeros(weight.shape[0])
+    if fused:
+        return BinaryInput((ptr, cols), (T, B, x.shape[2]), weight, bias)
     return _Project.apply((ptr, cols), weight, bias).view(T, B, weight.shape[0])
+
+
+class BinaryInput:
+    """A binary input (T, B, I) held as CSR (row pointers and column indices of its ones over
+    rows t * B + b) with the weight (G, I) and bias (G,) of its projection, for ``scan``."""
+
+    def __init__(self, csr, shape, weight, bias):
+        self.csr, self.shape, self.weight, self.bias = csr, shape, weight, bias
+
+    def dense(self):
+        """The input as a (T, B, I) tensor again (padded steps zero)."""
+        ptr, cols = self.csr
+        T, B, I = self.shape
+        x = np.zeros((T * B, I), self.weight.detach().numpy().dtype)
+        x[np.repeat(np.arange(T * B), np.diff(ptr)), cols[:ptr[-1]]] = 1
+        return torch.from_numpy(x).view(T, B, I)
 
 
 class _Project(torch.autograd.Function):
@@ -122,8 +146,7 @@ class _Project(torch.autograd.Function):
         W = _numpy(weight)
         G = W.shape[0]
         out = _empty(len(ptr) - 1, G, like=W)
-        b = np.zeros(G, W.dtype) if bias is None else _numpy(bias)
-        _cpu.binary_project(ptr, cols, np.ascontiguousarray(W.T), b, out)
+        _cpu.binary_project(ptr, cols, np.ascontiguousarray(W.T), _numpy(bias), out)
         ctx.csr, ctx.shape = csr, weight.shape
         return torch.from_numpy(out)
 
@@ -180,23 +203,29 @@ def scan(kernel, step, xw, weights, state, mask, batch_first=False):
     """Outputs (T, B, H), or (B, T, H) with ``batch_first``, and the final state tuple of
     ``kernel`` (Tanh, LSTM, GRUPaper, GRUTorch).
 
-    xw (T, B, G*H); weights: the dict of tensors the reference ``step`` reads (weight_hh, and
-    bias_hh / peephole where the variant has them); state: tuple of (B, H); mask (T, B) bool or
-    None. ``step`` (the cell's reference step) is used only for a double backward.
+    xw: the input projection (T, B, G*H), or a ``BinaryInput`` (``project(..., fused=True)``)
+    that the kernels project step by step; weights: the dict of tensors the reference ``step``
+    reads (weight_hh, and bias_hh / peephole where the variant has them); state: tuple of
+    (B, H); mask (T, B) bool or None. ``step`` (the cell's reference step) is used only for a
+    double backward.
     """
+    binary = xw if isinstance(xw, BinaryInput) else None
+    inputs = (xw,) if binary is None else (binary.weight, binary.bias)
     T, B = xw.shape[:2]
     names = tuple(n for n in kernel.weights if n in weights)
-    ctx = _Call(kernel, step, names, _uint8_mask(mask, T, B), mask, not batch_first)
-    out = _Scan.apply(ctx, xw, *(weights[n] for n in names), *state)
+    ctx = _Call(kernel, step, names, _uint8_mask(mask, T, B), mask, not batch_first, binary)
+    out = _Scan.apply(ctx, *inputs, *(weights[n] for n in names), *state)
     return out[0], tuple(out[1:])
 
 
 class _Call:
     """What one forward hands to its backward besides tensors."""
 
-    def __init__(self, kernel, step, names, mask, mask_tensor, time_major):
+    def __init__(self, kernel, step, names, mask, mask_tensor, time_major, binary):
         self.kernel, self.step, self.names = kernel, step, names
         self.mask, self.mask_tensor, self.time_major = mask, mask_tensor, time_major
+        self.binary = binary                      # a BinaryInput, or None: the input is xw
+        self.n_inputs = 1 if binary is None else 2
         self.saved = None
 
 
@@ -207,14 +236,15 @@ def _numpy(t):
 class _Scan(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, call, xw, *tensors):
-        k = len(call.names)
-        w = dict(zip(call.names, (_numpy(t) for t in tensors[:k])))
-        state = [_numpy(s) for s in tensors[k:]]
-        outputs, call.saved = call.kernel.forward(_numpy(xw), w, state, call.mask, call.time_major)
+    def forward(ctx, call, *tensors):
+        n, k = call.n_inputs, len(call.names)
+        w = dict(zip(call.names, (_numpy(t) for t in tensors[n:n + k])))
+        state = [_numpy(s) for s in tensors[n + k:]]
+        inp = _inp(call.binary, [_numpy(t) for t in tensors[:n]], w["weight_hh"].dtype)
+        outputs, call.saved = call.kernel.forward(inp, w, state, call.mask, call.time_major)
         call.shapes = [o.shape for o in outputs]
         ctx.call = call
-        ctx.save_for_backward(xw, *tensors)
+        ctx.save_for_backward(*tensors)
         return tuple(torch.from_numpy(o) for o in outputs)
 
     @staticmethod
@@ -226,7 +256,7 @@ class _Scan(torch.autograd.Function):
         dtype = call.saved[0].dtype
         grads = [np.zeros(shape, dtype) if g is None else _numpy(g)
                  for g, shape in zip(grads, call.shapes)]
-        result = call.kernel.backward(call.saved, grads, call.mask, call.time_major)
+        result = call.kernel.backward(call.saved, grads, call.mask, call.time_major, call.binary)
         return (None, *(torch.from_numpy(r) if need else None
                         for r, need in zip(result, ctx.needs_input_grad[1:])))
 
@@ -234,9 +264,10 @@ class _Scan(torch.autograd.Function):
 def _reference_vjp(call, inputs, grads, needs):
     """The vector-Jacobian product of the reference loop, itself differentiable."""
     from ..cells import reference_scan
-    k = len(call.names)
+    n, k = call.n_inputs, len(call.names)
     with torch.enable_grad():
-        xw, weights, state = inputs[0], dict(zip(call.names, inputs[1:1 + k])), inputs[1 + k:]
+        xw = inputs[0] if call.binary is None else dense_project(call.binary.dense(), *inputs[:2])
+        weights, state = dict(zip(call.names, inputs[n:n + k])), inputs[n + k:]
         output, final = reference_scan(call.step, xw, tuple(state), weights, call.mask_tensor)
         if not call.time_major:
             output = output.transpose(0, 1)
@@ -248,9 +279,10 @@ def _reference_vjp(call, inputs, grads, needs):
 
 
 # -- the kernels: numpy in, numpy out ---------------------------------------------------------------
-# forward(xw, w, state, mask, tm) -> (outputs, saved); backward(saved, grads, mask, tm) -> the
-# gradients of (xw, *the weights present, *state), in that order. The output (and its gradient)
-# is (T, B, H) if tm (time-major), else (B, T, H).
+# forward(inp, w, state, mask, tm) -> (outputs, saved); backward(saved, grads, mask, tm, binary)
+# -> the gradients of (the inputs, *the weights present, *state), in that order: the inputs are
+# xw, or the weight and bias of a BinaryInput (binary). inp is the kernels' tuple (_inp). The
+# output (and its gradient) is (T, B, H) if tm (time-major), else (B, T, H).
 
 class _Workspace:
     """The kernels' large arrays, lent again once nothing holds them.
@@ -293,19 +325,41 @@ def _empty(*shape, like):
     return _workspace.empty(shape, like.dtype)
 
 
-def _dU(dA, S):
-    """sum over steps of dA_t^T S_t as one matmul over all T*B rows. dA (T, B, G), S (T, B, H)."""
-    G, H = dA.shape[-1], S.shape[-1]
-    return (torch.from_numpy(dA).reshape(-1, G).T @ torch.from_numpy(S).reshape(-1, H)).numpy()
+_NO_CSR = np.empty(0, np.int32)
 
 
-def _arrays(xw, w, tm):
+def _inp(binary, inputs, dtype):
+    """The kernels' input tuple (xw, ptr, cols, WT, bias) (kernels.cpu._input_step): inputs is
+    [xw], or the [weight, bias] of the BinaryInput ``binary``."""
+    if binary is None:
+        return (inputs[0], _NO_CSR, _NO_CSR, np.empty((0, 0), dtype), np.empty(0, dtype))
+    weight, bias = inputs
+    return (np.empty((0, 0, 0), dtype), *binary.csr, np.ascontiguousarray(weight.T), bias)
+
+
+def _dinp(binary, G, like):
+    """The backward kernels' (ptr, cols, dWT, db) for the binary input, dWT (I, G) and db (G,)
+    zeroed; for an xw input, empty."""
+    if binary is None:
+        return (_NO_CSR, _NO_CSR, np.empty((0, 0), like.dtype), np.empty(0, like.dtype))
+    return (*binary.csr, np.zeros((binary.shape[2], G), like.dtype), np.zeros(G, like.dtype))
+
+
+def _input_grads(binary, dA, *dinps):
+    """The gradients of the inputs: (dA,) for xw, else (dW, db) from the dinp tuples, whose
+    columns are consecutive blocks of W's rows."""
+    if binary is None:
+        return (dA,)
+    return (np.concatenate([d[2] for d in dinps], axis=1).T, np.concatenate([d[3] for d in dinps]))
+
+
+def _arrays(mask, w, tm):
     """weight_hh, (T, B, G, H), and what every kernel fills: the output, (T, B, H) if tm else
     (B, T, H), and the states S (T+1, B, H)."""
     U = w["weight_hh"]
-    (T, B, G), H = xw.shape, U.shape[1]
-    out = _empty(T, B, H, like=xw) if tm else _empty(B, T, H, like=xw)
-    return U, (T, B, G, H), out, _empty(T + 1, B, H, like=xw)
+    (T, B), (G, H) = mask.shape, U.shape
+    out = _empty(T, B, H, like=U) if tm else _empty(B, T, H, like=U)
+    return U, (T, B, G, H), out, _empty(T + 1, B, H, like=U)
 
 
 def _bias(w, name, size, like):
@@ -317,20 +371,21 @@ class Tanh:
     weights = ("weight_hh", "bias_hh")
 
     @staticmethod
-    def forward(xw, w, state, mask, tm):
-        U, (T, B, G, H), out, S = _arrays(xw, w, tm)
-        _cpu.tanh_forward(xw, np.ascontiguousarray(U.T), _bias(w, "bias_hh", G, xw), state[0],
+    def forward(inp, w, state, mask, tm):
+        U, (T, B, G, H), out, S = _arrays(mask, w, tm)
+        _cpu.tanh_forward(inp, np.ascontiguousarray(U.T), _bias(w, "bias_hh", G, U), state[0],
                           mask, out, tm, S)
         return (out, S[T].copy()), (U, S, "bias_hh" in w)
 
     @staticmethod
-    def backward(saved, grads, mask, tm):
+    def backward(saved, grads, mask, tm, binary):
         U, S, has_bias = saved
         dout, dhT = grads
-        dA = _empty(*S[1:].shape, like=S)
-        dh0 = _cpu.tanh_backward(dout, tm, dhT, U, mask, S, dA)
+        dA, dUT = _empty(*S[1:].shape, like=S), np.zeros(U.T.shape, U.dtype)
+        dinp = _dinp(binary, U.shape[0], U)
+        dh0 = _cpu.tanh_backward(dout, tm, dhT, U, mask, S, dA, dUT, dinp)
         db = (dA.sum((0, 1)),) if has_bias else ()
-        return (dA, _dU(dA, S[:-1]), *db, dh0)
+        return (*_input_grads(binary, dA, dinp), dUT.T, *db, dh0)
 
 
 class LSTM:
@@ -338,26 +393,29 @@ class LSTM:
     weights = ("weight_hh", "bias_hh", "peephole")
 
     @staticmethod
-    def forward(xw, w, state, mask, tm):
-        U, (T, B, G, H), out, S = _arrays(xw, w, tm)
-        P = w["peephole"] if "peephole" in w else np.zeros((3, H), xw.dtype)
-        tc, C = _empty(T, B, H, like=xw), _empty(T + 1, B, H, like=xw)
-        acts = _empty(T, 4, B, H, like=xw)
-        _cpu.lstm_forward(xw, np.ascontiguousarray(U.T), _bias(w, "bias_hh", G, xw), P,
+    def forward(inp, w, state, mask, tm):
+        U, (T, B, G, H), out, S = _arrays(mask, w, tm)
+        P = w["peephole"] if "peephole" in w else np.zeros((3, H), U.dtype)
+        tc, C = _empty(T, B, H, like=U), _empty(T + 1, B, H, like=U)
+        acts = _empty(T, 4, B, H, like=U)
+        _cpu.lstm_forward(inp, np.ascontiguousarray(U.T), _bias(w, "bias_hh", G, U), P,
                           state[0], state[1], mask, out, tm, S, C, acts, tc)
         return (out, S[T].copy(), C[T].copy()), (U, P, S, C, acts, tc, tuple(w))
 
     @staticmethod
-    def backward(saved, grads, mask, tm):
+    def backward(saved, grads, mask, tm, binary):
         U, P, S, C, acts, tc, names = saved
         dout, dhT, dcT = grads
         dA = _empty(acts.shape[0], acts.shape[2], 4 * acts.shape[3], like=acts)
-        dP = np.zeros_like(acts, shape=(3, *acts.shape[2:]))
-        dh0, dc0 = _cpu.lstm_backward(dout, tm, dhT, dcT, U, P, mask, C, acts, tc, dA, dP)
+        dP, dUT = np.zeros((3, *acts.shape[2:]), acts.dtype), np.zeros(U.T.shape, U.dtype)
+        dinp = _dinp(binary, U.shape[0], U)
+        dh0, dc0 = _cpu.lstm_backward(dout, tm, dhT, dcT, U, P, mask, S, C, acts, tc, dA, dUT, dP,
+                                      dinp)
         extra = {"bias_hh": dA.sum((0, 1))} if "bias_hh" in names else {}
         if "peephole" in names:
             extra["peephole"] = dP.sum(1)
-        return (dA, _dU(dA, S[:-1]), *(extra[n] for n in names if n in extra), dh0, dc0)
+        return (*_input_grads(binary, dA, dinp), dUT.T,
+                *(extra[n] for n in names if n in extra), dh0, dc0)
 
 
 class GRUPaper:
@@ -365,23 +423,27 @@ class GRUPaper:
     weights = ("weight_hh",)
 
     @staticmethod
-    def forward(xw, w, state, mask, tm):
-        U, (T, B, G, H), out, S = _arrays(xw, w, tm)
-        Q, acts = _empty(T, B, H, like=xw), _empty(T, B, G, like=xw)
+    def forward(inp, w, state, mask, tm):
+        U, (T, B, G, H), out, S = _arrays(mask, w, tm)
+        Q, acts = _empty(T, B, H, like=U), _empty(T, B, G, like=U)
         UT = U.T
-        _cpu.gru_forward(xw, np.ascontiguousarray(UT[:, :2 * H]), np.ascontiguousarray(UT[:, 2 * H:]),
+        _cpu.gru_forward(inp, np.ascontiguousarray(UT[:, :2 * H]), np.ascontiguousarray(UT[:, 2 * H:]),
                          state[0], mask, out, tm, S, Q, acts)
         return (out, S[T].copy()), (U, S, Q, acts)
 
     @staticmethod
-    def backward(saved, grads, mask, tm):
+    def backward(saved, grads, mask, tm, binary):
         U, S, Q, acts = saved
         dout, dhT = grads
         T, B, H = Q.shape
         dA_rz, dA_n = _empty(T, B, 2 * H, like=dout), _empty(T, B, H, like=dout)
-        dh0 = _cpu.gru_backward(dout, tm, dhT, U[:2 * H], U[2 * H:], mask, S, acts, dA_rz, dA_n)
-        dU = np.concatenate([_dU(dA_rz, S[:-1]), _dU(dA_n, Q)])
-        return (np.concatenate([dA_rz, dA_n], axis=2), dU, dh0)
+        dUT_rz, dUT_n = np.zeros((H, 2 * H), U.dtype), np.zeros((H, H), U.dtype)
+        dinp_rz, dinp_n = _dinp(binary, 2 * H, U), _dinp(binary, H, U)
+        dh0 = _cpu.gru_backward(dout, tm, dhT, U[:2 * H], U[2 * H:], mask, S, Q, acts, dA_rz, dA_n,
+                                dUT_rz, dUT_n, dinp_rz, dinp_n)
+        dA = np.concatenate([dA_rz, dA_n], axis=2) if binary is None else None
+        return (*_input_grads(binary, dA, dinp_rz, dinp_n), np.concatenate([dUT_rz.T, dUT_n.T]),
+                dh0)
 
 
 class GRUTorch:
@@ -389,19 +451,21 @@ class GRUTorch:
     weights = ("weight_hh", "bias_hh")
 
     @staticmethod
-    def forward(xw, w, state, mask, tm):
-        U, (T, B, G, H), out, S = _arrays(xw, w, tm)
-        HN, acts = _empty(T, B, H, like=xw), _empty(T, B, G, like=xw)
-        _cpu.gru_torch_forward(xw, np.ascontiguousarray(U.T), w["bias_hh"], state[0], mask, out,
+    def forward(inp, w, state, mask, tm):
+        U, (T, B, G, H), out, S = _arrays(mask, w, tm)
+        HN, acts = _empty(T, B, H, like=U), _empty(T, B, G, like=U)
+        _cpu.gru_torch_forward(inp, np.ascontiguousarray(U.T), w["bias_hh"], state[0], mask, out,
                                tm, S, HN, acts)
         return (out, S[T].copy()), (U, S, HN, acts)
 
     @staticmethod
-    def backward(saved, grads, mask, tm):
+    def backward(saved, grads, mask, tm, binary):
         U, S, HN, acts = saved
         dout, dhT = grads
         dA, dHN = _empty(*acts.shape, like=acts), _empty(*HN.shape, like=HN)
-        dh0 = _cpu.gru_torch_backward(dout, tm, dhT, U, mask, S, HN, acts, dA, dHN)
+        dUT = np.zeros(U.T.shape, U.dtype)
+        dinp = _dinp(binary, U.shape[0], U)
+        dh0 = _cpu.gru_torch_backward(dout, tm, dhT, U, mask, S, HN, acts, dA, dHN, dUT, dinp)
         H = U.shape[1]
-        dhh = np.concatenate([dA[..., :2 * H], dHN], axis=2)     # d(U h_{t-1} + b_hh)
-        return (dA, _dU(dhh, S[:-1]), dhh.sum((0, 1)), dh0)
+        db_hh = np.concatenate([dA[..., :2 * H].sum((0, 1)), dHN.sum((0, 1))])  # d(U h + b_hh)
+        return (*_input_grads(binary, dA, dinp), dUT.T, db_hh, dh0)

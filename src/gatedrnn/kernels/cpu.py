@@ -224,25 +224,43 @@ _log1p_unit = _by_dtype(_log1p_unit32, _log1p_unit64)
 
 
 @njit(**JIT)
-def _matmul(a, b, out):
-    """out = a @ b for C-contiguous 2-D arrays a (M, K), b (K, N), out (M, N). BLAS writes into
-    out (no temporary); the callers fold the additions into their elementwise loops."""
-    M, K = a.shape
-    N = b.shape[1]
-    if M == 0:                            # every row of the step is padding
+def _gemm(a, b, out, a_transposed, accumulate):
+    """out = a @ b, or out += a^T @ b if a_transposed and accumulate (or any mix of the two),
+    for C-contiguous 2-D arrays: a (M, K) or (K, M) transposed, b (K, N), out (M, N). BLAS
+    writes into out (no temporary); the callers fold other additions into their loops."""
+    M, N = out.shape
+    K = b.shape[0]
+    if M == 0 or K == 0:                  # every row of the step is padding
+        if not accumulate:
+            _zero(out)
         return
-    # row-major out = a b is column-major out^T = b^T a^T: gemm("N", "N", N, M, K, ...)
-    args = np.empty(4, np.int32)          # "N", then the sizes; no array-from-list (slow to compile)
-    args[0], args[1], args[2], args[3] = 78, N, M, K
-    scale = np.empty(2, a.dtype)          # alpha = 1, beta = 0
-    scale[0], scale[1] = 1, 0
+    # row-major out = op(a) b is column-major out^T = b^T op(a)^T: gemm("N", "N" or "T", N, M,
+    # K, b, N, a, K or M, out, N)
+    args = np.empty(6, np.int32)          # "N", "N"/"T", then the sizes; no array-from-list
+    args[0], args[1] = 78, 84 if a_transposed else 78
+    args[2], args[3], args[4], args[5] = N, M, K, M if a_transposed else K
+    scale = np.empty(2, out.dtype)        # alpha = 1, beta
+    scale[0], scale[1] = 1, 1 if accumulate else 0
     p = args.ctypes.data
     if scale.itemsize == 4:       # float32
-        _sgemm(p, p, p + 4, p + 8, p + 12, scale.ctypes.data, b.ctypes.data, p + 4,
-               a.ctypes.data, p + 12, scale.ctypes.data + scale.itemsize, out.ctypes.data, p + 4)
+        _sgemm(p, p + 4, p + 8, p + 12, p + 16, scale.ctypes.data, b.ctypes.data, p + 8,
+               a.ctypes.data, p + 20, scale.ctypes.data + scale.itemsize, out.ctypes.data, p + 8)
     else:
-        _dgemm(p, p, p + 4, p + 8, p + 12, scale.ctypes.data, b.ctypes.data, p + 4,
-               a.ctypes.data, p + 12, scale.ctypes.data + scale.itemsize, out.ctypes.data, p + 4)
+        _dgemm(p, p + 4, p + 8, p + 12, p + 16, scale.ctypes.data, b.ctypes.data, p + 8,
+               a.ctypes.data, p + 20, scale.ctypes.data + scale.itemsize, out.ctypes.data, p + 8)
+
+
+@njit(**JIT)
+def _matmul(a, b, out):
+    """out = a @ b (C-contiguous 2-D arrays)."""
+    _gemm(a, b, out, False, False)
+
+
+@njit(**JIT)
+def _add_tn(a, b, out):
+    """out += a^T @ b: a (K, M), b (K, N), out (M, N), C-contiguous. The backward kernels add
+    each step's S_t^T dA_t to dU^T while dA_t is in cache."""
+    _gemm(a, b, out, True, True)
 
 
 @njit(**JIT)
@@ -326,21 +344,64 @@ def _carry(t, b, S, out, tm):
     _zero(_at(out, t, b, tm))
 
 
+# -- the input projection of a step --------------------------------------------------------------
+# inp = (xw, ptr, cols, WT, bias): xw (T, B, G) holds every step's projection (dense inputs), or
+# ptr is not empty and the input is binary (piano rolls), held as CSR over rows t * B + b
+# (binary_csr): each step then adds the columns of W^T for its ones to the bias, while the
+# kernel runs (no (T, B, G) array written and read again). The backward kernels take
+# dinp = (ptr, cols, dWT, db) and add that input's gradients, x_t^T dA_t and dA_t's column sums.
+
+@njit(**JIT)
+def _input_step(inp, t, lo, hi, xt):
+    """Step t's x_t W^T + b, (B, G), for the rows lo..hi: xw[t], or xt filled from the CSR."""
+    xw, ptr, cols, WT, bias = inp
+    if ptr.shape[0] == 0:
+        return xw[t]
+    B, G = xt.shape
+    for b in range(lo, hi):
+        r = t * B + b
+        for g in range(G):
+            xt[b, g] = bias[g]
+        for n in range(ptr[r], ptr[r + 1]):
+            c = cols[n]
+            for g in range(G):
+                xt[b, g] += WT[c, g]
+    return xt
+
+
+@njit(**JIT)
+def _input_grad_step(dinp, t, lo, hi, dA_t):
+    """dWT += x_t^T dA_t and db += its column sums over the rows lo..hi, for a binary input."""
+    ptr, cols, dWT, db = dinp
+    if ptr.shape[0] == 0:
+        return
+    B, G = dA_t.shape
+    for b in range(lo, hi):
+        r = t * B + b
+        for g in range(G):
+            db[g] += dA_t[b, g]
+        for n in range(ptr[r], ptr[r + 1]):
+            c = cols[n]
+            for g in range(G):
+                dWT[c, g] += dA_t[b, g]
+
+
 # -- tanh: h_t = tanh(xw_t + h_{t-1} U^T + bh); bh = 0 (paper) or b_hh (torch) ----------------
 
 @njit(**JIT)
-def tanh_forward(xw, UT, bh, h0, mask, out, tm, S):
-    T, B, H = xw.shape[0], xw.shape[1], UT.shape[0]
+def tanh_forward(inp, UT, bh, h0, mask, out, tm, S):
+    T, B, H = mask.shape[0], mask.shape[1], UT.shape[0]
     _copy(S[0], h0)
-    a = np.empty((B, H), xw.dtype)
+    a, xt = np.empty((B, H), UT.dtype), np.empty((B, H), UT.dtype)
     for t in range(T):
         lo, hi = _rows(mask, t)
+        x = _input_step(inp, t, lo, hi, xt)
         _matmul(S[t, lo:hi], UT, a[lo:hi])
         for b in range(B):
             if mask[t, b]:
                 o = _at(out, t, b, tm)
                 for j in range(H):
-                    v = _tanh(xw[t, b, j] + (a[b, j] + bh[j]))
+                    v = _tanh(x[b, j] + (a[b, j] + bh[j]))
                     S[t + 1, b, j] = v
                     o[j] = v
             else:
@@ -348,8 +409,9 @@ def tanh_forward(xw, UT, bh, h0, mask, out, tm, S):
 
 
 @njit(**JIT)
-def tanh_backward(dout, tm, dhT, U, mask, S, dA):
-    """Fills dA; returns dh0."""
+def tanh_backward(dout, tm, dhT, U, mask, S, dA, dUT, dinp):
+    """Fills dA, adds U's gradient transposed to dUT (zeroed by the caller) and the binary
+    input's to dinp; returns dh0."""
     T, B, H = dA.shape
     dh = dhT.copy()
     prod = np.empty_like(dh)                          # dA_t U
@@ -363,6 +425,8 @@ def tanh_backward(dout, tm, dhT, U, mask, S, dA):
             else:
                 _zero(dA[t, b])
         lo, hi = _rows(mask, t)
+        _add_tn(S[t, lo:hi], dA[t, lo:hi], dUT)
+        _input_grad_step(dinp, t, lo, hi, dA[t])
         _matmul(dA[t, lo:hi], U, prod[lo:hi])
         for b in range(lo, hi):
             if mask[t, b]:                # h_t depends on h_{t-1} only through the product
@@ -373,23 +437,24 @@ def tanh_backward(dout, tm, dhT, U, mask, S, dA):
 # -- LSTM (paper: diagonal peepholes P = (V_i, V_f, V_o), bh = 0; torch: P = 0, bh = b_hh) ----
 
 @njit(**JIT)
-def lstm_forward(xw, UT, bh, P, h0, c0, mask, out, tm, S, C, acts, tc):
+def lstm_forward(inp, UT, bh, P, h0, c0, mask, out, tm, S, C, acts, tc):
     """acts (T, 4, B, H) holds i, f, g, o gate-major; C (T+1, B, H) the cell states; tc (T, B, H)
     tanh(c_t). Gate-major, every elementwise loop runs over the rows lo..hi-1 (_rows) at once,
     entries k0..k1-1 of B*H (long vectorized loops, no per-row remainders)."""
     T, B, H = tc.shape
     _copy(S[0], h0)
     _copy(C[0], c0)
-    a = np.empty((B, 4 * H), xw.dtype)
+    a, xt = np.empty((B, 4 * H), UT.dtype), np.empty((B, 4 * H), UT.dtype)
     PB = _over_batch(P, B)
     for t in range(T):
         lo, hi = _rows(mask, t)                 # the gate loops run over entries k0..k1-1
         k0, k1 = lo * H, hi * H
+        x = _input_step(inp, t, lo, hi, xt)
         _matmul(S[t, lo:hi], UT, a[lo:hi])
         for k in range(4):
             for b in range(lo, hi):
                 for j in range(H):
-                    acts[t, k, b, j] = xw[t, b, k * H + j] + (a[b, k * H + j] + bh[k * H + j])
+                    acts[t, k, b, j] = x[b, k * H + j] + (a[b, k * H + j] + bh[k * H + j])
         i, f = _flat(acts[t, 0], k0, k1), _flat(acts[t, 1], k0, k1)
         g, o = _flat(acts[t, 2], k0, k1), _flat(acts[t, 3], k0, k1)
         c_prev, c = _flat(C[t], k0, k1), _flat(C[t + 1], k0, k1)
@@ -418,9 +483,10 @@ def lstm_forward(xw, UT, bh, P, h0, c0, mask, out, tm, S, C, acts, tc):
 
 
 @njit(**JIT)
-def lstm_backward(dout, tm, dhT, dcT, U, P, mask, C, acts, tc, dA, dP):
-    """Fills dA (T, B, 4H) and adds the peepholes' gradient per row to dP (3, B, H, zeroed by
-    the caller); returns dh0, dc0. Gate-major flat loops like the forward."""
+def lstm_backward(dout, tm, dhT, dcT, U, P, mask, S, C, acts, tc, dA, dUT, dP, dinp):
+    """Fills dA (T, B, 4H), adds U's gradient transposed to dUT (H, 4H) and the peepholes'
+    gradient per row to dP (3, B, H), both zeroed by the caller, and the binary input's to
+    dinp; returns dh0, dc0. Gate-major flat loops like the forward."""
     T, B, H = tc.shape
     dh, dc = dhT.copy(), dcT.copy()
     held_h, held_c = np.empty_like(dh), np.empty_like(dc)   # padded rows: carried unchanged
@@ -467,6 +533,8 @@ def lstm_backward(dout, tm, dhT, dcT, U, P, mask, C, acts, tc, dA, dP):
                     _copy(dA[t, b, k * H:(k + 1) * H], dG[k, b])
             else:
                 _zero(dA[t, b])
+        _add_tn(S[t, lo:hi], dA[t, lo:hi], dUT)
+        _input_grad_step(dinp, t, lo, hi, dA[t])
         _matmul(dA[t, lo:hi], U, prod[lo:hi])
         for b in range(lo, hi):
             _copy(dh[b], prod[b] if mask[t, b] else held_h[b])
@@ -476,23 +544,24 @@ def lstm_backward(dout, tm, dhT, dcT, U, P, mask, C, acts, tc, dA, dP):
 # -- GRU, paper: reset before the product; h_t = (1 - z) h + z n ----------------------------------
 
 @njit(**JIT)
-def gru_forward(xw, UT_rz, UT_n, h0, mask, out, tm, S, Q, acts):
+def gru_forward(inp, UT_rz, UT_n, h0, mask, out, tm, S, Q, acts):
     """acts (T, B, 3H) holds r, z, n; Q (T, B, H) is r * h_{t-1}, the input of U_n."""
     T, B, H = Q.shape
     _copy(S[0], h0)
-    a = np.empty((B, 2 * H), xw.dtype)
-    an = np.empty((B, H), xw.dtype)
+    a, an = np.empty((B, 2 * H), UT_rz.dtype), np.empty((B, H), UT_rz.dtype)
+    xt = np.empty((B, 3 * H), UT_rz.dtype)
     for t in range(T):
         lo, hi = _rows(mask, t)
+        x = _input_step(inp, t, lo, hi, xt)
         _matmul(S[t, lo:hi], UT_rz, a[lo:hi])
         for b in range(B):
             if b < lo or b >= hi:
-                _zero(Q[t, b])                          # finite: dU sums dA_n^T Q over all rows
+                _zero(Q[t, b])                          # not read (dU sums rows lo..hi), defined
                 continue
             for j in range(H):
-                r = _sigmoid(xw[t, b, j] + a[b, j])
+                r = _sigmoid(x[b, j] + a[b, j])
                 acts[t, b, j] = r
-                acts[t, b, H + j] = _sigmoid(xw[t, b, H + j] + a[b, H + j])
+                acts[t, b, H + j] = _sigmoid(x[b, H + j] + a[b, H + j])
                 Q[t, b, j] = r * S[t, b, j]
         _matmul(Q[t, lo:hi], UT_n, an[lo:hi])
         for b in range(B):
@@ -501,7 +570,7 @@ def gru_forward(xw, UT_rz, UT_n, h0, mask, out, tm, S, Q, acts):
                 continue
             o = _at(out, t, b, tm)
             for j in range(H):
-                n = _tanh(xw[t, b, 2 * H + j] + an[b, j])
+                n = _tanh(x[b, 2 * H + j] + an[b, j])
                 z = acts[t, b, H + j]
                 h = (1 - z) * S[t, b, j] + z * n
                 acts[t, b, 2 * H + j] = n
@@ -509,8 +578,11 @@ def gru_forward(xw, UT_rz, UT_n, h0, mask, out, tm, S, Q, acts):
 
 
 @njit(**JIT)
-def gru_backward(dout, tm, dhT, U_rz, U_n, mask, S, acts, dA_rz, dA_n):
-    """Fills dA_rz (T, B, 2H) and dA_n (T, B, H); returns dh0."""
+def gru_backward(dout, tm, dhT, U_rz, U_n, mask, S, Q, acts, dA_rz, dA_n, dUT_rz, dUT_n,
+                 dinp_rz, dinp_n):
+    """Fills dA_rz (T, B, 2H) and dA_n (T, B, H), adds the gradients of U_rz and U_n
+    transposed to dUT_rz and dUT_n (zeroed by the caller), and the binary input's to dinp_rz
+    (r, z columns) and dinp_n; returns dh0."""
     T, B, H = dA_n.shape
     dh = dhT.copy()
     dq = np.empty((B, H), dout.dtype)                 # gradient of r * h_{t-1}
@@ -529,6 +601,8 @@ def gru_backward(dout, tm, dhT, U_rz, U_n, mask, S, acts, dA_rz, dA_n):
                 dA_n[t, b, j] = gh * z * (1 - n * n)
                 dh[b, j] = gh * (1 - z)
         lo, hi = _rows(mask, t)
+        _add_tn(Q[t, lo:hi], dA_n[t, lo:hi], dUT_n)
+        _input_grad_step(dinp_n, t, lo, hi, dA_n[t])
         _matmul(dA_n[t, lo:hi], U_n, dq[lo:hi])
         for b in range(lo, hi):
             if mask[t, b]:
@@ -536,6 +610,8 @@ def gru_backward(dout, tm, dhT, U_rz, U_n, mask, S, acts, dA_rz, dA_n):
                     r = acts[t, b, j]
                     dA_rz[t, b, j] = dq[b, j] * S[t, b, j] * r * (1 - r)
                     dh[b, j] += dq[b, j] * r
+        _add_tn(S[t, lo:hi], dA_rz[t, lo:hi], dUT_rz)
+        _input_grad_step(dinp_rz, t, lo, hi, dA_rz[t])
         _matmul(dA_rz[t, lo:hi], U_rz, prod[lo:hi])
         _add(dh[lo:hi], prod[lo:hi])
     return dh
@@ -544,13 +620,14 @@ def gru_backward(dout, tm, dhT, U_rz, U_n, mask, S, acts, dA_rz, dA_n):
 # -- GRU, torch: n = tanh(xw_n + r * (U_n h + b_hn)); h_t = (1 - z) n + z h -------------------------
 
 @njit(**JIT)
-def gru_torch_forward(xw, UT, bh, h0, mask, out, tm, S, HN, acts):
+def gru_torch_forward(inp, UT, bh, h0, mask, out, tm, S, HN, acts):
     """acts (T, B, 3H) holds r, z, n; HN (T, B, H) is U_n h_{t-1} + b_hn; bh = b_hh (3H)."""
     T, B, H = HN.shape
     _copy(S[0], h0)
-    a = np.empty((B, 3 * H), xw.dtype)
+    a, xt = np.empty((B, 3 * H), UT.dtype), np.empty((B, 3 * H), UT.dtype)
     for t in range(T):
         lo, hi = _rows(mask, t)
+        x = _input_step(inp, t, lo, hi, xt)
         _matmul(S[t, lo:hi], UT, a[lo:hi])
         for b in range(B):
             if not mask[t, b]:
@@ -558,10 +635,10 @@ def gru_torch_forward(xw, UT, bh, h0, mask, out, tm, S, HN, acts):
                 continue
             o = _at(out, t, b, tm)
             for j in range(H):
-                r = _sigmoid(xw[t, b, j] + (a[b, j] + bh[j]))
-                z = _sigmoid(xw[t, b, H + j] + (a[b, H + j] + bh[H + j]))
+                r = _sigmoid(x[b, j] + (a[b, j] + bh[j]))
+                z = _sigmoid(x[b, H + j] + (a[b, H + j] + bh[H + j]))
                 hn = a[b, 2 * H + j] + bh[2 * H + j]
-                n = _tanh(xw[t, b, 2 * H + j] + r * hn)
+                n = _tanh(x[b, 2 * H + j] + r * hn)
                 h = (1 - z) * n + z * S[t, b, j]
                 acts[t, b, j], acts[t, b, H + j], acts[t, b, 2 * H + j] = r, z, n
                 HN[t, b, j] = hn
@@ -569,8 +646,9 @@ def gru_torch_forward(xw, UT, bh, h0, mask, out, tm, S, HN, acts):
 
 
 @njit(**JIT)
-def gru_torch_backward(dout, tm, dhT, U, mask, S, HN, acts, dA, dHN):
-    """Fills dA (= d xw) and dHN (d of U_n h + b_hn); returns dh0."""
+def gru_torch_backward(dout, tm, dhT, U, mask, S, HN, acts, dA, dHN, dUT, dinp):
+    """Fills dA (= d xw) and dHN (d of U_n h + b_hn), adds U's gradient transposed to dUT
+    (zeroed by the caller) and the binary input's to dinp; returns dh0."""
     T, B, H = HN.shape
     dh = dhT.copy()
     dhh = np.empty((B, 3 * H), dout.dtype)            # gradient of h_{t-1} U^T (+ b_hh)
@@ -595,6 +673,8 @@ def gru_torch_backward(dout, tm, dhT, U, mask, S, HN, acts, dA, dHN):
                 dHN[t, b, j] = da_n * r
                 dh[b, j] = gh * z
         lo, hi = _rows(mask, t)
+        _add_tn(S[t, lo:hi], dhh[lo:hi], dUT)
+        _input_grad_step(dinp, t, lo, hi, dA[t])
         _matmul(dhh[lo:hi], U, prod[lo:hi])
         _add(dh[lo:hi], prod[lo:hi])
     return dh
