@@ -4,7 +4,8 @@
 (outputs (T, B, H) and the final state) for one unit and variant, with forward and backward
 written out in numba. The caller keeps the input projection (xw = x W^T + b_ih for all steps, one
 torch matmul) and weight noise outside, so autograd carries gradients through them as in the
-reference. What the fast path cannot serve (no numba, CUDA or other non-CPU tensors, dtypes other
+reference; a binary input (``project(..., fused=True)``) is instead projected step by step by the
+kernels, which return the gradients of its (noisy) weight and bias. What the fast path cannot serve (no numba, CUDA or other non-CPU tensors, dtypes other
 than float32 / float64) goes to the reference loop with one warning naming the reason; a double
 backward recomputes the gradients with the reference loop (also with one warning).
 """
@@ -345,6 +346,18 @@ def _dinp(binary, G, like):
     return (*binary.csr, np.zeros((binary.shape[2], G), like.dtype), np.zeros(G, like.dtype))
 
 
+def _dA(binary, T, B, G, like):
+    """The backward kernels' dA (T, B, G); (1, B, G), reused at every step, for a binary input,
+    whose gradients the kernels add step by step (kernels.cpu._step)."""
+    return _empty(T if binary is None else 1, B, G, like=like)
+
+
+def _dA_sums(binary, dA, dinp):
+    """dA's sums over steps and batch (a bias's gradient), (G,): for a binary input the kernels
+    summed them into dinp's db."""
+    return dA.sum((0, 1)) if binary is None else dinp[3].copy()
+
+
 def _input_grads(binary, dA, *dinps):
     """The gradients of the inputs: (dA,) for xw, else (dW, db) from the dinp tuples, whose
     columns are consecutive blocks of W's rows."""
@@ -381,10 +394,11 @@ class Tanh:
     def backward(saved, grads, mask, tm, binary):
         U, S, has_bias = saved
         dout, dhT = grads
-        dA, dUT = _empty(*S[1:].shape, like=S), np.zeros(U.T.shape, U.dtype)
-        dinp = _dinp(binary, U.shape[0], U)
+        T, B, H = dout.shape if tm else (dout.shape[1], dout.shape[0], dout.shape[2])
+        dA, dUT = _dA(binary, T, B, H, like=U), np.zeros(U.T.shape, U.dtype)
+        dinp = _dinp(binary, H, U)
         dh0 = _cpu.tanh_backward(dout, tm, dhT, U, mask, S, dA, dUT, dinp)
-        db = (dA.sum((0, 1)),) if has_bias else ()
+        db = (_dA_sums(binary, dA, dinp),) if has_bias else ()
         return (*_input_grads(binary, dA, dinp), dUT.T, *db, dh0)
 
 
@@ -406,12 +420,12 @@ class LSTM:
     def backward(saved, grads, mask, tm, binary):
         U, P, S, C, acts, tc, names = saved
         dout, dhT, dcT = grads
-        dA = _empty(acts.shape[0], acts.shape[2], 4 * acts.shape[3], like=acts)
+        dA = _dA(binary, acts.shape[0], acts.shape[2], 4 * acts.shape[3], like=acts)
         dP, dUT = np.zeros((3, *acts.shape[2:]), acts.dtype), np.zeros(U.T.shape, U.dtype)
         dinp = _dinp(binary, U.shape[0], U)
         dh0, dc0 = _cpu.lstm_backward(dout, tm, dhT, dcT, U, P, mask, S, C, acts, tc, dA, dUT, dP,
                                       dinp)
-        extra = {"bias_hh": dA.sum((0, 1))} if "bias_hh" in names else {}
+        extra = {"bias_hh": _dA_sums(binary, dA, dinp)} if "bias_hh" in names else {}
         if "peephole" in names:
             extra["peephole"] = dP.sum(1)
         return (*_input_grads(binary, dA, dinp), dUT.T,
@@ -436,7 +450,7 @@ class GRUPaper:
         U, S, Q, acts = saved
         dout, dhT = grads
         T, B, H = Q.shape
-        dA_rz, dA_n = _empty(T, B, 2 * H, like=dout), _empty(T, B, H, like=dout)
+        dA_rz, dA_n = _dA(binary, T, B, 2 * H, like=dout), _dA(binary, T, B, H, like=dout)
         dUT_rz, dUT_n = np.zeros((H, 2 * H), U.dtype), np.zeros((H, H), U.dtype)
         dinp_rz, dinp_n = _dinp(binary, 2 * H, U), _dinp(binary, H, U)
         dh0 = _cpu.gru_backward(dout, tm, dhT, U[:2 * H], U[2 * H:], mask, S, Q, acts, dA_rz, dA_n,
@@ -462,10 +476,10 @@ class GRUTorch:
     def backward(saved, grads, mask, tm, binary):
         U, S, HN, acts = saved
         dout, dhT = grads
-        dA, dHN = _empty(*acts.shape, like=acts), _empty(*HN.shape, like=HN)
+        dA, dHN = _dA(binary, *acts.shape, like=acts), _empty(*HN.shape, like=HN)
         dUT = np.zeros(U.T.shape, U.dtype)
         dinp = _dinp(binary, U.shape[0], U)
         dh0 = _cpu.gru_torch_backward(dout, tm, dhT, U, mask, S, HN, acts, dA, dHN, dUT, dinp)
         H = U.shape[1]
-        db_hh = np.concatenate([dA[..., :2 * H].sum((0, 1)), dHN.sum((0, 1))])  # d(U h + b_hh)
+        db_hh = np.concatenate([_dA_sums(binary, dA, dinp)[:2 * H], dHN.sum((0, 1))])  # d(U h + b_hh)
         return (*_input_grads(binary, dA, dinp), dUT.T, db_hh, dh0)

@@ -2,10 +2,13 @@
 written out, for float32 and float64 arrays on the CPU.
 
 Only the part that must run step by step lives here. The input projection of all steps
-(xw = x W^T + b, (T, B, G*H)) comes in precomputed, and the gradients of W, U, b and the
-peepholes are single matmuls / reductions over all steps done by torch afterwards from what the
-kernels return. Conventions for every kernel:
+(xw = x W^T + b, (T, B, G*H)) comes in precomputed, or, for a binary input (piano rolls), is
+made step by step from the input held as CSR (_input_step). The backward kernels add U's
+gradient per step (S_t^T dA_t, one BLAS call while dA_t is in cache), and a binary input's
+weight and bias gradients likewise; the peepholes' and b_hh's gradients are reductions done
+afterwards. Conventions for every kernel:
 
+    inp    (xw, ptr, cols, WT, bias): the input projection, see _input_step
     xw     (T, B, G*H)  input projection incl. biases, gate blocks in torch's order
     UT     (H, G*H)     weight_hh transposed (contiguous), for h @ U^T
     U      (G*H, H)     weight_hh, for dA @ U in the backward
@@ -14,7 +17,9 @@ kernels return. Conventions for every kernel:
     S      (T+1, B, H)  the state h before each step (S[0] = h0) and after the last one
     acts   (T, B, G*H)  the gates after their nonlinearity, saved for the backward (LSTM:
                         gate-major, (T, 4, B, H))
-    dA     (T, B, G*H)  gradient of the pre-activations (= d xw); zero at padded steps
+    dA     (T, B, G*H)  gradient of the pre-activations (= d xw); zero at padded steps. For a
+                        binary input (1, B, G*H), one step's, reused (_step)
+    dUT    (H, G*H)     U's gradient, transposed, accumulated
 
 The step equations are cells.py's, one line per gate; tests/test_kernels.py checks every output
 and gradient against it.
@@ -306,6 +311,13 @@ def _at(a, t, b, time_major):
 
 
 @njit(**JIT)
+def _step(a, t):
+    """a[t], or a[0] where a holds one step: a backward kernel's dA when nothing reads it past
+    the step (a binary input's gradients are added step by step), reused at every step."""
+    return a[t] if a.shape[0] > 1 else a[0]
+
+
+@njit(**JIT)
 def _rows(mask, t):
     """The rows lo..hi-1 of step t that hold every sequence still running (mask[t, b] != 0).
     Rows outside are padding: the per-step products and gate loops skip them, so a batch of
@@ -412,22 +424,23 @@ def tanh_forward(inp, UT, bh, h0, mask, out, tm, S):
 def tanh_backward(dout, tm, dhT, U, mask, S, dA, dUT, dinp):
     """Fills dA, adds U's gradient transposed to dUT (zeroed by the caller) and the binary
     input's to dinp; returns dh0."""
-    T, B, H = dA.shape
+    T, B, H = S.shape[0] - 1, S.shape[1], S.shape[2]
     dh = dhT.copy()
     prod = np.empty_like(dh)                          # dA_t U
     for t in range(T - 1, -1, -1):
+        dA_t = _step(dA, t)
         for b in range(B):
             if mask[t, b]:
                 go = _at(dout, t, b, tm)
                 for j in range(H):
                     y = S[t + 1, b, j]
-                    dA[t, b, j] = (dh[b, j] + go[j]) * (1 - y * y)
+                    dA_t[b, j] = (dh[b, j] + go[j]) * (1 - y * y)
             else:
-                _zero(dA[t, b])
+                _zero(dA_t[b])
         lo, hi = _rows(mask, t)
-        _add_tn(S[t, lo:hi], dA[t, lo:hi], dUT)
-        _input_grad_step(dinp, t, lo, hi, dA[t])
-        _matmul(dA[t, lo:hi], U, prod[lo:hi])
+        _add_tn(S[t, lo:hi], dA_t[lo:hi], dUT)
+        _input_grad_step(dinp, t, lo, hi, dA_t)
+        _matmul(dA_t[lo:hi], U, prod[lo:hi])
         for b in range(lo, hi):
             if mask[t, b]:                # h_t depends on h_{t-1} only through the product
                 _copy(dh[b], prod[b])
@@ -495,6 +508,7 @@ def lstm_backward(dout, tm, dhT, dcT, U, P, mask, S, C, acts, tc, dA, dUT, dP, d
     gout = np.empty((B, H), dout.dtype)                       # this step's dout, contiguous
     PB = _over_batch(P, B)
     for t in range(T - 1, -1, -1):
+        dA_t = _step(dA, t)
         _copy(held_h, dh)
         _copy(held_c, dc)
         lo, hi = _rows(mask, t)                 # the gate loops run over entries k0..k1-1
@@ -530,12 +544,12 @@ def lstm_backward(dout, tm, dhT, dcT, U, P, mask, S, C, acts, tc, dA, dUT, dP, d
         for b in range(B):
             if lo <= b < hi:
                 for k in range(4):
-                    _copy(dA[t, b, k * H:(k + 1) * H], dG[k, b])
+                    _copy(dA_t[b, k * H:(k + 1) * H], dG[k, b])
             else:
-                _zero(dA[t, b])
-        _add_tn(S[t, lo:hi], dA[t, lo:hi], dUT)
-        _input_grad_step(dinp, t, lo, hi, dA[t])
-        _matmul(dA[t, lo:hi], U, prod[lo:hi])
+                _zero(dA_t[b])
+        _add_tn(S[t, lo:hi], dA_t[lo:hi], dUT)
+        _input_grad_step(dinp, t, lo, hi, dA_t)
+        _matmul(dA_t[lo:hi], U, prod[lo:hi])
         for b in range(lo, hi):
             _copy(dh[b], prod[b] if mask[t, b] else held_h[b])
     return dh, dc
@@ -583,36 +597,38 @@ def gru_backward(dout, tm, dhT, U_rz, U_n, mask, S, Q, acts, dA_rz, dA_n, dUT_rz
     """Fills dA_rz (T, B, 2H) and dA_n (T, B, H), adds the gradients of U_rz and U_n
     transposed to dUT_rz and dUT_n (zeroed by the caller), and the binary input's to dinp_rz
     (r, z columns) and dinp_n; returns dh0."""
-    T, B, H = dA_n.shape
+    T, B, H = Q.shape
     dh = dhT.copy()
     dq = np.empty((B, H), dout.dtype)                 # gradient of r * h_{t-1}
     prod = np.empty((B, H), dout.dtype)               # dA_rz,t U_rz
     for t in range(T - 1, -1, -1):
+        dA_rz_t = _step(dA_rz, t)
+        dA_n_t = _step(dA_n, t)
         for b in range(B):
             if not mask[t, b]:
-                _zero(dA_rz[t, b])
-                _zero(dA_n[t, b])
+                _zero(dA_rz_t[b])
+                _zero(dA_n_t[b])
                 continue
             go = _at(dout, t, b, tm)
             for j in range(H):
                 z, n = acts[t, b, H + j], acts[t, b, 2 * H + j]
                 gh = dh[b, j] + go[j]
-                dA_rz[t, b, H + j] = gh * (n - S[t, b, j]) * z * (1 - z)
-                dA_n[t, b, j] = gh * z * (1 - n * n)
+                dA_rz_t[b, H + j] = gh * (n - S[t, b, j]) * z * (1 - z)
+                dA_n_t[b, j] = gh * z * (1 - n * n)
                 dh[b, j] = gh * (1 - z)
         lo, hi = _rows(mask, t)
-        _add_tn(Q[t, lo:hi], dA_n[t, lo:hi], dUT_n)
-        _input_grad_step(dinp_n, t, lo, hi, dA_n[t])
-        _matmul(dA_n[t, lo:hi], U_n, dq[lo:hi])
+        _add_tn(Q[t, lo:hi], dA_n_t[lo:hi], dUT_n)
+        _input_grad_step(dinp_n, t, lo, hi, dA_n_t)
+        _matmul(dA_n_t[lo:hi], U_n, dq[lo:hi])
         for b in range(lo, hi):
             if mask[t, b]:
                 for j in range(H):
                     r = acts[t, b, j]
-                    dA_rz[t, b, j] = dq[b, j] * S[t, b, j] * r * (1 - r)
+                    dA_rz_t[b, j] = dq[b, j] * S[t, b, j] * r * (1 - r)
                     dh[b, j] += dq[b, j] * r
-        _add_tn(S[t, lo:hi], dA_rz[t, lo:hi], dUT_rz)
-        _input_grad_step(dinp_rz, t, lo, hi, dA_rz[t])
-        _matmul(dA_rz[t, lo:hi], U_rz, prod[lo:hi])
+        _add_tn(S[t, lo:hi], dA_rz_t[lo:hi], dUT_rz)
+        _input_grad_step(dinp_rz, t, lo, hi, dA_rz_t)
+        _matmul(dA_rz_t[lo:hi], U_rz, prod[lo:hi])
         _add(dh[lo:hi], prod[lo:hi])
     return dh
 
@@ -654,9 +670,10 @@ def gru_torch_backward(dout, tm, dhT, U, mask, S, HN, acts, dA, dHN, dUT, dinp):
     dhh = np.empty((B, 3 * H), dout.dtype)            # gradient of h_{t-1} U^T (+ b_hh)
     prod = np.empty((B, H), dout.dtype)               # dhh U
     for t in range(T - 1, -1, -1):
+        dA_t = _step(dA, t)
         for b in range(B):
             if not mask[t, b]:
-                _zero(dA[t, b])
+                _zero(dA_t[b])
                 _zero(dHN[t, b])
                 _zero(dhh[b])
                 continue
@@ -667,14 +684,14 @@ def gru_torch_backward(dout, tm, dhT, U, mask, S, HN, acts, dA, dHN, dUT, dinp):
                 da_n = gh * (1 - z) * (1 - n * n)
                 da_r = da_n * HN[t, b, j] * r * (1 - r)
                 da_z = gh * (S[t, b, j] - n) * z * (1 - z)
-                dA[t, b, j], dA[t, b, H + j], dA[t, b, 2 * H + j] = da_r, da_z, da_n
+                dA_t[b, j], dA_t[b, H + j], dA_t[b, 2 * H + j] = da_r, da_z, da_n
                 dhh[b, j], dhh[b, H + j] = da_r, da_z
                 dhh[b, 2 * H + j] = da_n * r
                 dHN[t, b, j] = da_n * r
                 dh[b, j] = gh * z
         lo, hi = _rows(mask, t)
         _add_tn(S[t, lo:hi], dhh[lo:hi], dUT)
-        _input_grad_step(dinp, t, lo, hi, dA[t])
+        _input_grad_step(dinp, t, lo, hi, dA_t)
         _matmul(dhh[lo:hi], U, prod[lo:hi])
         _add(dh[lo:hi], prod[lo:hi])
     return dh
