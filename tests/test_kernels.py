@@ -121,19 +121,24 @@ def test_gradcheck(name, variant):
     assert torch.autograd.gradcheck(f, (x, *state, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
+@pytest.mark.parametrize("inputs", ["dense", "binary"])
 @pytest.mark.parametrize("name", NAMES)
-def test_weight_noise_same_draw_same_results(name):
+def test_weight_noise_same_draw_same_results(csr_built, name, inputs):
     """Noise is drawn on W and U before the kernel: with one seed both backends see the same
-    noisy weights, and gradients reach the parameters through them."""
-    ref, fast = pair(name, "paper", 3, 4, torch.float64, seed=6, weight_noise=0.3)
-    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    noisy weights, and gradients reach the parameters through them (a binary input's projection
+    runs inside the kernels, with the noisy W)."""
+    dense = inputs == "dense"
+    I = 3 if dense else 20
+    ref, fast = pair(name, "paper", I, 4, torch.float64, seed=6, weight_noise=0.3)
+    x = torch.randn(5, 2, I, dtype=torch.float64) if dense else binary((5, 2, I), 0.1, seed=5)
     results = []
     for unit in (fast, ref):
         torch.manual_seed(7)
-        results.append(run(unit, x, None, seed=8, lengths=torch.tensor([5, 3])))
+        results.append(run(unit, x, None, seed=8, x_grad=dense, lengths=torch.tensor([5, 3])))
     assert_same(*results, torch.float64)
     torch.manual_seed(9)
-    clean = run(ref.eval(), x, None, seed=8, lengths=torch.tensor([5, 3]))
+    clean = run(ref.eval(), x, None, seed=8, x_grad=dense, lengths=torch.tensor([5, 3]))
+    assert csr_built == ([] if dense else [True])
     assert (results[0][0] - clean[0]).abs().max() > 1e-3            # the noise did something
 
 
@@ -328,11 +333,17 @@ def test_projection_falls_back_to_linear(projected, case):
 
 @pytest.fixture
 def csr_built(monkeypatch):
-    """Counts the binary inputs turned into CSR (the binary projection's first step)."""
+    """Records, per binary_csr call (the binary projection's first step), whether the input
+    was taken as binary (True) or left to the dense projection (False)."""
     kernels._load()
     calls = []
     original = kernels._cpu.binary_csr
-    monkeypatch.setattr(kernels._cpu, "binary_csr", lambda *a: calls.append(1) or original(*a))
+
+    def counted(*args):
+        n = original(*args)
+        calls.append(n >= 0)
+        return n
+    monkeypatch.setattr(kernels._cpu, "binary_csr", counted)
     return calls
 
 
@@ -348,11 +359,11 @@ def test_fast_matches_reference_on_piano_rolls(projected, csr_built, name, varia
     results = [run(unit, x, state, seed=25, x_grad=False, lengths=torch.tensor([8, 6, 3, 1]))
                for unit in (fast, ref)]
     assert_same(*results, torch.float64)
-    assert (csr_built, projected) == ([1], [])     # projected inside the kernels, step by step
+    assert (csr_built, projected) == ([True], [])  # projected inside the kernels, step by step
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_double_backward_through_a_binary_input(monkeypatch, name):
+def test_double_backward_through_a_binary_input(monkeypatch, csr_built, name):
     """A gradient penalty on the parameters: the fused binary projection's double backward
     rebuilds the input and recomputes with the reference loop."""
     monkeypatch.setattr(kernels, "_warned", set())
@@ -367,7 +378,7 @@ def test_double_backward_through_a_binary_input(monkeypatch, name):
         sum(g.pow(2).sum() for g in grads).backward()
         second.append([p.grad for p in params])
     assert_same(*second, torch.float64)
-    assert len(kernels._warned) == 1
+    assert len(kernels._warned) == 1 and csr_built == [True]
 
 
 def test_products_fall_back_to_scipys_blas_without_torchs():
@@ -413,7 +424,7 @@ def test_workspace_lends_a_buffer_again_only_when_nothing_holds_it():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_interleaved_calls_keep_their_arrays(name):
+def test_interleaved_calls_keep_their_arrays(csr_built, name):
     """Two forwards before their backwards, the first output still held: the second call
     must not reuse what the first one's outputs and backward need."""
     ref, fast = pair(name, "paper", 20, 48, torch.float32, seed=41)
@@ -430,6 +441,7 @@ def test_interleaved_calls_keep_their_arrays(name):
         got.append([out.detach(), *torch.autograd.grad((out * out).sum(), list(fast.parameters()))])
     for g, e in zip(got, expected):
         assert_same(g, e, torch.float32)
+    assert csr_built == [True, True]
 
 
 # -- the Bernoulli output layer's NLL ----------------------------------------------------------
