@@ -9,6 +9,7 @@ kernels, which return the gradients of its (noisy) weight and bias. What the fas
 than float32 / float64) goes to the reference loop with one warning naming the reason; a double
 backward recomputes the gradients with the reference loop (also with one warning).
 """
+import math
 import os
 import sys
 import threading
@@ -302,7 +303,7 @@ class _Workspace:
 
     def empty(self, shape, dtype):
         dtype = np.dtype(dtype)
-        nbytes = int(np.prod(shape)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize
         if nbytes < self.MIN:
             return np.empty(shape, dtype)
         size = 1 << (nbytes - 1).bit_length()
