@@ -359,6 +359,23 @@ def _dA_sums(binary, dA, dinp):
     return dA.sum((0, 1)) if binary is None else dinp[3].copy()
 
 
+def _dUT(binary, G, H, like):
+    """The backward kernels' dUT: (H, G) zeros to add each step's S_t^T dA_t to, for a binary
+    input (whose dA is one step's); else (0, 0), and the caller takes dU from the whole dA in
+    one matmul (_dU): per-step rank-B updates of a large U cost more than they save (batch 1 at
+    speech sizes: a 600 KB dU^T read and written 200 times)."""
+    return np.zeros((H, G) if binary is not None else (0, 0), like.dtype)
+
+
+def _dU(binary, dUT, dA, S):
+    """U's gradient (G, H): dUT^T as the kernel summed it, or sum over steps of dA_t^T S_t as one
+    matmul over all T*B rows (dA (T, B, G), S (T, B, H))."""
+    if binary is not None:
+        return dUT.T
+    G, H = dA.shape[-1], S.shape[-1]
+    return (torch.from_numpy(dA).reshape(-1, G).T @ torch.from_numpy(S).reshape(-1, H)).numpy()
+
+
 def _input_grads(binary, dA, *dinps):
     """The gradients of the inputs: (dA,) for xw, else (dW, db) from the dinp tuples, whose
     columns are consecutive blocks of W's rows."""
@@ -396,11 +413,11 @@ class Tanh:
         U, S, has_bias = saved
         dout, dhT = grads
         T, B, H = dout.shape if tm else (dout.shape[1], dout.shape[0], dout.shape[2])
-        dA, dUT = _dA(binary, T, B, H, like=U), np.zeros(U.T.shape, U.dtype)
+        dA, dUT = _dA(binary, T, B, H, like=U), _dUT(binary, H, H, like=U)
         dinp = _dinp(binary, H, U)
         dh0 = _cpu.tanh_backward(dout, tm, dhT, U, mask, S, dA, dUT, dinp)
         db = (_dA_sums(binary, dA, dinp),) if has_bias else ()
-        return (*_input_grads(binary, dA, dinp), dUT.T, *db, dh0)
+        return (*_input_grads(binary, dA, dinp), _dU(binary, dUT, dA, S[:-1]), *db, dh0)
 
 
 class LSTM:
@@ -422,14 +439,15 @@ class LSTM:
         U, P, S, C, acts, tc, names = saved
         dout, dhT, dcT = grads
         dA = _dA(binary, acts.shape[0], acts.shape[2], 4 * acts.shape[3], like=acts)
-        dP, dUT = np.zeros((3, *acts.shape[2:]), acts.dtype), np.zeros(U.T.shape, U.dtype)
+        dP = np.zeros((3, *acts.shape[2:]), acts.dtype)
+        dUT = _dUT(binary, *U.shape, like=U)
         dinp = _dinp(binary, U.shape[0], U)
         dh0, dc0 = _cpu.lstm_backward(dout, tm, dhT, dcT, U, P, mask, S, C, acts, tc, dA, dUT, dP,
                                       dinp)
         extra = {"bias_hh": _dA_sums(binary, dA, dinp)} if "bias_hh" in names else {}
         if "peephole" in names:
             extra["peephole"] = dP.sum(1)
-        return (*_input_grads(binary, dA, dinp), dUT.T,
+        return (*_input_grads(binary, dA, dinp), _dU(binary, dUT, dA, S[:-1]),
                 *(extra[n] for n in names if n in extra), dh0, dc0)
 
 
@@ -452,13 +470,13 @@ class GRUPaper:
         dout, dhT = grads
         T, B, H = Q.shape
         dA_rz, dA_n = _dA(binary, T, B, 2 * H, like=dout), _dA(binary, T, B, H, like=dout)
-        dUT_rz, dUT_n = np.zeros((H, 2 * H), U.dtype), np.zeros((H, H), U.dtype)
+        dUT_rz, dUT_n = _dUT(binary, 2 * H, H, like=U), _dUT(binary, H, H, like=U)
         dinp_rz, dinp_n = _dinp(binary, 2 * H, U), _dinp(binary, H, U)
         dh0 = _cpu.gru_backward(dout, tm, dhT, U[:2 * H], U[2 * H:], mask, S, Q, acts, dA_rz, dA_n,
                                 dUT_rz, dUT_n, dinp_rz, dinp_n)
         dA = np.concatenate([dA_rz, dA_n], axis=2) if binary is None else None
-        return (*_input_grads(binary, dA, dinp_rz, dinp_n), np.concatenate([dUT_rz.T, dUT_n.T]),
-                dh0)
+        dU = np.concatenate([_dU(binary, dUT_rz, dA_rz, S[:-1]), _dU(binary, dUT_n, dA_n, Q)])
+        return (*_input_grads(binary, dA, dinp_rz, dinp_n), dU, dh0)
 
 
 class GRUTorch:
@@ -478,9 +496,10 @@ class GRUTorch:
         U, S, HN, acts = saved
         dout, dhT = grads
         dA, dHN = _dA(binary, *acts.shape, like=acts), _empty(*HN.shape, like=HN)
-        dUT = np.zeros(U.T.shape, U.dtype)
+        dUT = _dUT(binary, *U.shape, like=U)
         dinp = _dinp(binary, U.shape[0], U)
         dh0 = _cpu.gru_torch_backward(dout, tm, dhT, U, mask, S, HN, acts, dA, dHN, dUT, dinp)
         H = U.shape[1]
         db_hh = np.concatenate([_dA_sums(binary, dA, dinp)[:2 * H], dHN.sum((0, 1))])  # d(U h + b_hh)
-        return (*_input_grads(binary, dA, dinp), dUT.T, db_hh, dh0)
+        dhh = None if binary is not None else np.concatenate([dA[..., :2 * H], dHN], axis=2)
+        return (*_input_grads(binary, dA, dinp), _dU(binary, dUT, dhh, S[:-1]), db_hh, dh0)

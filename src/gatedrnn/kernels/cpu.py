@@ -3,10 +3,10 @@ written out, for float32 and float64 arrays on the CPU.
 
 Only the part that must run step by step lives here. The input projection of all steps
 (xw = x W^T + b, (T, B, G*H)) comes in precomputed, or, for a binary input (piano rolls), is
-made step by step from the input held as CSR (_input_step). The backward kernels add U's
-gradient per step (S_t^T dA_t, one BLAS call while dA_t is in cache), and a binary input's
-weight and bias gradients likewise; the peepholes' and b_hh's gradients are reductions done
-afterwards. Conventions for every kernel:
+made step by step from the input held as CSR (_input_step). For such an input the backward
+kernels also add U's gradient per step (S_t^T dA_t, one BLAS call while dA_t is in cache) and the
+input's weight and bias gradients, so that dA need not be kept for all steps; otherwise dU is one
+matmul over all steps done by torch afterwards, like the peepholes' and b_hh's reductions. Conventions for every kernel:
 
     inp    (xw, ptr, cols, WT, bias): the input projection, see _input_step
     xw     (T, B, G*H)  input projection incl. biases, gate blocks in torch's order
@@ -19,7 +19,8 @@ afterwards. Conventions for every kernel:
                         gate-major, (T, 4, B, H))
     dA     (T, B, G*H)  gradient of the pre-activations (= d xw); zero at padded steps. For a
                         binary input (1, B, G*H), one step's, reused (_step)
-    dUT    (H, G*H)     U's gradient, transposed, accumulated
+    dUT    (H, G*H)     U's gradient, transposed, summed step by step (binary input); (0, 0)
+                        where the caller takes it from the whole dA in one matmul
 
 The step equations are cells.py's, one line per gate; tests/test_kernels.py checks every output
 and gradient against it.
