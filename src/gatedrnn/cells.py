@@ -136,15 +136,16 @@ class RecurrentUnit(nn.Module):
         mask = _time_mask(lengths, mask, T, B, self.batch_first and not unbatched, x.device)
         w = self.weights()
         backend = self.backend_for(x, w["weight_ih"], *state)
-        project = kernels.project if backend == "fast" else kernels.dense_project
         # (T, B, G*H), all steps at once; padding never reaches the arithmetic, not even as NaN
         batch_first = self.batch_first and not unbatched
-        xw = project(input if batch_first else x, w["weight_ih"], w[_input_bias_name(self.variant)],
-                     mask, batch_first, **({"fused": True} if backend == "fast" else {}))
-        if backend == "fast":     # batch-first output written in place by the kernels
+        projection = (input if batch_first else x, w["weight_ih"], w[_input_bias_name(self.variant)],
+                      mask, batch_first)
+        if backend == "fast":     # a piano roll is projected inside the kernels, step by step;
+            xw = kernels.project(*projection, fused=True)     # batch-first output in place
             output, state = kernels.scan(self.fast_kernels[self.variant], self.step, xw, w, state,
                                          mask, batch_first)
         else:
+            xw = kernels.dense_project(*projection)
             output, state = reference_scan(self.step, xw, state, w, mask)
             if batch_first:
                 output = output.transpose(0, 1)

@@ -5,9 +5,10 @@
 written out in numba. The caller keeps the input projection (xw = x W^T + b_ih for all steps, one
 torch matmul) and weight noise outside, so autograd carries gradients through them as in the
 reference; a binary input (``project(..., fused=True)``) is instead projected step by step by the
-kernels, which return the gradients of its (noisy) weight and bias. What the fast path cannot serve (no numba, CUDA or other non-CPU tensors, dtypes other
-than float32 / float64) goes to the reference loop with one warning naming the reason; a double
-backward recomputes the gradients with the reference loop (also with one warning).
+kernels, which return the gradients of its (noisy) weight and bias. What the fast path cannot
+serve (no numba, CUDA or other non-CPU tensors, dtypes other than float32 / float64) goes to the
+reference loop with one warning naming the reason; a double backward recomputes the gradients
+with the reference loop (also with one warning).
 """
 import math
 import os
@@ -412,7 +413,7 @@ class Tanh:
     def backward(saved, grads, mask, tm, binary):
         U, S, has_bias = saved
         dout, dhT = grads
-        T, B, H = dout.shape if tm else (dout.shape[1], dout.shape[0], dout.shape[2])
+        T, B, H = S[1:].shape
         dA, dUT = _dA(binary, T, B, H, like=U), _dUT(binary, H, H, like=U)
         dinp = _dinp(binary, H, U)
         dh0 = _cpu.tanh_backward(dout, tm, dhT, U, mask, S, dA, dUT, dinp)
@@ -500,6 +501,6 @@ class GRUTorch:
         dinp = _dinp(binary, U.shape[0], U)
         dh0 = _cpu.gru_torch_backward(dout, tm, dhT, U, mask, S, HN, acts, dA, dHN, dUT, dinp)
         H = U.shape[1]
-        db_hh = np.concatenate([_dA_sums(binary, dA, dinp)[:2 * H], dHN.sum((0, 1))])  # d(U h + b_hh)
-        dhh = None if binary is not None else np.concatenate([dA[..., :2 * H], dHN], axis=2)
+        db_hh = np.concatenate([_dA_sums(binary, dA, dinp)[:2 * H], dHN.sum((0, 1))])
+        dhh = None if binary else np.concatenate([dA[..., :2 * H], dHN], axis=2)   # d(U h + b_hh)
         return (*_input_grads(binary, dA, dinp), _dU(binary, dUT, dhh, S[:-1]), db_hh, dh0)

@@ -6,7 +6,8 @@ Only the part that must run step by step lives here. The input projection of all
 made step by step from the input held as CSR (_input_step). For such an input the backward
 kernels also add U's gradient per step (S_t^T dA_t, one BLAS call while dA_t is in cache) and the
 input's weight and bias gradients, so that dA need not be kept for all steps; otherwise dU is one
-matmul over all steps done by torch afterwards, like the peepholes' and b_hh's reductions. Conventions for every kernel:
+matmul over all steps done by torch afterwards, like the peepholes' and b_hh's reductions.
+Conventions for every kernel:
 
     inp    (xw, ptr, cols, WT, bias): the input projection, see _input_step
     xw     (T, B, G*H)  input projection incl. biases, gate blocks in torch's order
