@@ -301,6 +301,13 @@ class _Workspace:
     def __init__(self):
         self.buffers = {}
         self.lock = threading.Lock()
+        # what _refs reads for a buffer that only the pool holds, measured by the same code (the
+        # interpreter's own references differ between Python versions)
+        self.unheld = self._refs([np.empty(1, np.uint8)], 0)
+
+    @staticmethod
+    def _refs(kept, i):
+        return sys.getrefcount(kept[i])
 
     def empty(self, shape, dtype):
         dtype = np.dtype(dtype)
@@ -310,8 +317,9 @@ class _Workspace:
         size = 1 << (nbytes - 1).bit_length()
         with self.lock:
             kept = self.buffers.setdefault(size, [])
-            for buf in kept:
-                if sys.getrefcount(buf) == 3:    # held by kept, buf and getrefcount only
+            for i in range(len(kept)):
+                if self._refs(kept, i) == self.unheld:
+                    buf = kept[i]
                     break
             else:
                 buf = np.empty(size, np.uint8)
