@@ -260,14 +260,15 @@ def _gemm(a, b, out, a_transposed, accumulate):
 @njit(**JIT)
 def _matmul(a, b, out):
     """out = a @ b (C-contiguous 2-D arrays)."""
-    _gemm(a, b, out, False, False)
+    _gemm(a, b, out, np.bool_(False), np.bool_(False))   # np.bool_: one _gemm for both callers
+                                                         # (literal flags would compile two)
 
 
 @njit(**JIT)
 def _add_tn(a, b, out):
     """out += a^T @ b: a (K, M), b (K, N), out (M, N), C-contiguous. The backward kernels add
     each step's S_t^T dA_t to dU^T while dA_t is in cache."""
-    _gemm(a, b, out, True, True)
+    _gemm(a, b, out, np.bool_(True), np.bool_(True))
 
 
 @njit(**JIT)
