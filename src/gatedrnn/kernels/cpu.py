@@ -573,7 +573,7 @@ def gru_forward(inp, UT_rz, UT_n, h0, mask, out, tm, S, Q, acts):
         _matmul(S[t, lo:hi], UT_rz, a[lo:hi])
         for b in range(B):
             if b < lo or b >= hi:
-                _zero(Q[t, b])                          # not read (dU sums rows lo..hi), defined
+                _zero(Q[t, b])          # finite: a dense input's dU sums dA_n^T Q over all rows
                 continue
             for j in range(H):
                 r = _sigmoid(x[b, j] + a[b, j])
