@@ -367,20 +367,38 @@ def _carry(t, b, S, out, tm):
 # dinp = (ptr, cols, dWT, db) and add that input's gradients, x_t^T dA_t and dA_t's column sums.
 
 @njit(**JIT)
+def _project_row(ptr, cols, WT, bias, r, out):
+    """out (G,) = row r of x W^T + bias, for the binary x held as CSR (the columns of W^T for
+    its ones added to the bias). WT (I, G) = W^T."""
+    for g in range(out.shape[0]):
+        out[g] = bias[g]
+    for n in range(ptr[r], ptr[r + 1]):
+        c = cols[n]
+        for g in range(out.shape[0]):
+            out[g] += WT[c, g]
+
+
+@njit(**JIT)
+def _project_row_grad(ptr, cols, r, dout, dWT, db):
+    """dWT (I, G) += x_r^T dout and db (G,) += dout, for row r of the binary x held as CSR and
+    its output's gradient dout (G,)."""
+    for g in range(dout.shape[0]):
+        db[g] += dout[g]
+    for n in range(ptr[r], ptr[r + 1]):
+        c = cols[n]
+        for g in range(dout.shape[0]):
+            dWT[c, g] += dout[g]
+
+
+@njit(**JIT)
 def _input_step(inp, t, lo, hi, xt):
     """Step t's x_t W^T + b, (B, G), for the rows lo..hi: xw[t], or xt filled from the CSR."""
     xw, ptr, cols, WT, bias = inp
     if ptr.shape[0] == 0:
         return xw[t]
-    B, G = xt.shape
+    B = xt.shape[0]
     for b in range(lo, hi):
-        r = t * B + b
-        for g in range(G):
-            xt[b, g] = bias[g]
-        for n in range(ptr[r], ptr[r + 1]):
-            c = cols[n]
-            for g in range(G):
-                xt[b, g] += WT[c, g]
+        _project_row(ptr, cols, WT, bias, t * B + b, xt[b])
     return xt
 
 
@@ -390,15 +408,9 @@ def _input_grad_step(dinp, t, lo, hi, dA_t):
     ptr, cols, dWT, db = dinp
     if ptr.shape[0] == 0:
         return
-    B, G = dA_t.shape
+    B = dA_t.shape[0]
     for b in range(lo, hi):
-        r = t * B + b
-        for g in range(G):
-            db[g] += dA_t[b, g]
-        for n in range(ptr[r], ptr[r + 1]):
-            c = cols[n]
-            for g in range(G):
-                dWT[c, g] += dA_t[b, g]
+        _project_row_grad(ptr, cols, t * B + b, dA_t[b], dWT, db)
 
 
 # -- tanh: h_t = tanh(xw_t + h_{t-1} U^T + bh); bh = 0 (paper) or b_hh (torch) ----------------
@@ -738,28 +750,16 @@ def binary_csr(x, time_major, mask, ptr, cols):
 @njit(**JIT)
 def binary_project(ptr, cols, WT, bias, out):
     """out (N, G) = x W^T + bias for the binary x held as CSR; WT (I, G) = W^T."""
-    N, G = out.shape
-    for r in range(N):
-        for g in range(G):
-            out[r, g] = bias[g]
-        for k in range(ptr[r], ptr[r + 1]):
-            c = cols[k]
-            for g in range(G):
-                out[r, g] += WT[c, g]
+    for r in range(out.shape[0]):
+        _project_row(ptr, cols, WT, bias, r, out[r])
 
 
 @njit(**JIT)
 def binary_project_grad(ptr, cols, dout, dWT, db):
     """dWT (I, G) += x^T dout and db (G,) += the column sums of dout, for the binary x held as
     CSR; both zeroed by the caller."""
-    N, G = dout.shape
-    for r in range(N):
-        for g in range(G):
-            db[g] += dout[r, g]
-        for k in range(ptr[r], ptr[r + 1]):
-            c = cols[k]
-            for g in range(G):
-                dWT[c, g] += dout[r, g]
+    for r in range(dout.shape[0]):
+        _project_row_grad(ptr, cols, r, dout[r], dWT, db)
 
 
 # -- the Bernoulli output layer's NLL (piano rolls): one pass, forward and gradient ---------------
