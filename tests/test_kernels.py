@@ -6,6 +6,7 @@ weight noise; a training step; the fallbacks to the reference loop and their war
 projection of binary (piano-roll) inputs and when it is used; the compiled Bernoulli NLL.
 """
 import math
+import os
 from contextlib import nullcontext
 
 import numpy as np
@@ -400,15 +401,19 @@ def test_double_backward_through_a_binary_input(monkeypatch, csr_built, name):
 
 
 def test_products_fall_back_to_scipys_blas_without_torchs():
-    """Where torch exports no sgemm_ / dgemm_, the kernels bind scipy's OpenBLAS instead."""
+    """Where torch exports no sgemm_ / dgemm_, the kernels bind scipy's OpenBLAS instead: both
+    the just-in-time kernels' names and the compiled module's (kernels/blas_shim.c)."""
     import subprocess
     import sys
     code = (
         "import glob; real = glob.glob\n"
         "glob.glob = lambda p, *a, **k: [] if 'libtorch_cpu' in p else real(p, *a, **k)\n"
-        "import numpy as np\n"
+        "import numpy as np, torch\n"
+        "from gatedrnn import kernels\n"
         "from gatedrnn.kernels import cpu\n"
-        "assert cpu.BLAS == \"scipy's OpenBLAS\", cpu.BLAS\n"
+        "from gatedrnn.cells import CELLS\n"
+        "kernels._load()\n"
+        "assert kernels.BLAS == \"scipy's OpenBLAS\", kernels.BLAS\n"
         "for dt in (np.float32, np.float64):\n"
         "    a, b = np.random.rand(32, 40).astype(dt), np.random.rand(40, 50).astype(dt)\n"
         "    out = np.empty((32, 50), dt)\n"
@@ -417,9 +422,121 @@ def test_products_fall_back_to_scipys_blas_without_torchs():
         "    acc = np.ones((40, 50), dt)\n"
         "    cpu._add_tn(a, out, acc)\n"
         "    assert np.allclose(acc, 1 + a.T @ out, rtol=1e-5), dt\n"
+        "torch.manual_seed(0)\n"
+        "ref = CELLS['lstm'](6, 9, backend='reference').double()\n"
+        "fast = CELLS['lstm'](6, 9, backend='fast').double()\n"
+        "fast.load_state_dict(ref.state_dict())\n"
+        "x = torch.randn(7, 3, 6, dtype=torch.float64)\n"
+        "(a, _), (b, _) = fast(x), ref(x)\n"
+        "ga, gb = (torch.autograd.grad(o.sum(), u.weight_hh) for o, u in ((a, fast), (b, ref)))\n"
+        "assert torch.allclose(a, b, rtol=1e-10, atol=1e-10), (a - b).abs().max()\n"
+        "assert torch.allclose(ga[0], gb[0], rtol=1e-10, atol=1e-10)\n"
         "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+# -- the kernels compiled at install (kernels/aot.py) ----------------------------------------------
+
+@pytest.fixture
+def compiled():
+    """The kernels compiled at install; skips where they are not built (CI requires them)."""
+    kernel_set = kernels._load()
+    if not isinstance(kernel_set, kernels.aot.Compiled):
+        if os.environ.get("GATEDRNN_REQUIRE_COMPILED"):
+            pytest.fail("GATEDRNN_REQUIRE_COMPILED is set but the kernels were not compiled at "
+                        f"install: {kernels._warned}")
+        pytest.skip("the kernels were not compiled at install (pip install -e . builds them)")
+    return kernel_set
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("inputs", ["dense", "binary"])
+def test_compiled_kernels_serve_every_call(monkeypatch, compiled, csr_built, inputs, dtype):
+    """Every unit and variant, forward and backward, and the Bernoulli NLL run on the compiled
+    kernels: no call falls to the just-in-time ones (KERNELS in aot.py matches what the
+    package passes)."""
+    monkeypatch.setattr(kernels, "_warned", set())
+    for name in NAMES:
+        for variant in VARIANTS:
+            ref, fast = pair(name, variant, 20, 6, dtype, seed=61)
+            x = binary((8, 4, 20), 0.08, seed=62, dtype=dtype) if inputs == "binary" else \
+                torch.randn(8, 4, 20, dtype=dtype)
+            got = run(fast, x, None, seed=63, x_grad=inputs == "dense", lengths=torch.tensor([8, 6, 3, 1]))
+            want = run(ref, x, None, seed=63, x_grad=inputs == "dense", lengths=torch.tensor([8, 6, 3, 1]))
+            assert_same(got, want, dtype)
+    logits = torch.randn(5, 4, 7, dtype=dtype, requires_grad=True)
+    kernels.bernoulli_nll(logits, (torch.rand(5, 4, 7) < 0.3).to(dtype)).sum().backward()
+    assert kernels._warned == set()
+    assert csr_built == [True] * (len(NAMES) * len(VARIANTS) if inputs == "binary" else 0)
+
+
+def test_compiled_and_just_in_time_kernels_agree_to_the_bit(monkeypatch, compiled):
+    """The compiled entries call the same numba functions with the same options: outputs and
+    gradients are equal to the bit (LSTM on a piano roll in float32, GRU dense in float64)."""
+    from gatedrnn.kernels import cpu
+    for name, dtype, inputs in [("lstm", torch.float32, "binary"), ("gru", torch.float64, "dense")]:
+        _, fast = pair(name, "paper", 20, 7, dtype, seed=71)
+        x = binary((9, 5, 20), 0.1, seed=72, dtype=dtype) if inputs == "binary" else \
+            torch.randn(9, 5, 20, dtype=dtype)
+        results = []
+        for kernel_set in (compiled, cpu):
+            monkeypatch.setattr(kernels, "_cpu", kernel_set)
+            results.append(run(fast, x, None, seed=73, x_grad=inputs == "dense",
+                               lengths=torch.tensor([9, 7, 7, 2, 1])))
+            for p in fast.parameters():
+                p.grad = None
+        for a, b in zip(*results):
+            assert torch.equal(a, b), name
+
+
+def test_a_call_the_compiled_kernels_do_not_cover_goes_to_the_just_in_time_one(monkeypatch,
+                                                                                compiled):
+    """A strided or wrongly typed argument would read the wrong memory in a compiled entry: such
+    a call runs the just-in-time kernel instead, with one warning."""
+    monkeypatch.setattr(kernels, "_warned", set())
+    rng = np.random.default_rng(0)
+    ptr, cols = np.array([0, 2, 3], np.int32), np.array([0, 3, 1], np.int32)
+    WT, bias = rng.standard_normal((4, 10)), rng.standard_normal(5)
+    want = np.empty((2, 5))
+    compiled.binary_project(ptr, cols, np.ascontiguousarray(WT[:, ::2]), bias, want)
+    assert kernels._warned == set()
+    assert np.allclose(want, bias + np.stack([WT[0, ::2] + WT[3, ::2], WT[1, ::2]]))
+    got = np.empty((2, 5))
+    with pytest.warns(RuntimeWarning, match="strided"):
+        compiled.binary_project(ptr, cols, WT[:, ::2], bias, got)       # strided W^T
+    assert np.array_equal(got, want)
+    with pytest.warns(RuntimeWarning, match="int64"):
+        compiled.binary_project(ptr.astype(np.int64), cols.astype(np.int64), WT[:, ::2].copy(),
+                                bias, got)
+    assert np.array_equal(got, want)
+    assert len(kernels._warned) == 2 and all("binary_project: arguments the kernels compiled at "
+                                             "install do not cover" in w for w in kernels._warned)
+
+
+def test_argument_check_of_the_compiled_kernels():
+    """aot._fits: dtype, dimensions, C order, writeable, tuples and bools, as the signature says."""
+    aot = kernels.aot
+    spec = aot._spec("inp F2 b", np.float32)
+    inp = (np.zeros((2, 3, 4), np.float32), np.zeros(3, np.int32), np.zeros(3, np.int32),
+           np.zeros((4, 8), np.float32), np.zeros(8, np.float32))
+    a = np.zeros((3, 4), np.float32)
+    assert aot._fits(spec, (inp, a, True)) and aot._fits(spec, (inp, a, np.bool_(False)))
+    readonly = a.copy()
+    readonly.flags.writeable = False
+    for bad in [(inp, a.astype(np.float64), True), (inp, a[:, ::2], True), (inp, a[None], True),
+                (inp, a, 1), (inp[:4], a, True), (inp, readonly, True), (inp, a), (list(inp), a, True),
+                ((inp[0], inp[1].astype(np.int64), *inp[2:]), a, True), (inp, a.tolist(), True)]:
+        assert not aot._fits(spec, bad)
+
+
+def test_stale_compiled_kernels_are_not_used(monkeypatch, compiled):
+    """A module built from other sources (an edited checkout) is never loaded: the kernels are
+    then compiled just in time, and a warning says why."""
+    from gatedrnn.kernels import cpu
+    monkeypatch.setattr(kernels.aot, "stamp", lambda: -1)
+    kernel_set, why = kernels.aot.load([0, 0], cpu, kernels.warn_once)
+    assert kernel_set is None and "older sources" in why
 
 
 def test_workspace_lends_a_buffer_again_only_when_nothing_holds_it():

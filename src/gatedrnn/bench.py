@@ -140,10 +140,11 @@ def run(tasks=TASKS, cells=tuple(CELLS), batches=(1, 32), T=200, repeats=5,
     from . import kernels
     threads = torch.get_num_threads()
     cpu = kernels._load()
-    blas = cpu.BLAS if cpu else "none (numba missing)"
+    blas = kernels.BLAS if cpu else "none (numba missing)"
+    built = "compiled at install" if isinstance(cpu, kernels.aot.Compiled) else "compiled just in time"
     peak = matmul_peak()
     log(f"gatedrnn bench, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: "
-        f"torch {torch.__version__}, numba {numba.__version__} (kernels' BLAS: {blas}), "
+        f"torch {torch.__version__}, numba {numba.__version__} (kernels {built}; their BLAS: {blas}), "
         f"{threads} torch thread(s); "
         f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
     log(f"forward + backward, T = {T}, float32, paper variants; median of {repeats} interleaved "

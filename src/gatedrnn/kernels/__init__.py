@@ -34,18 +34,24 @@ def warn_once(reason):
 
 
 def _load():
-    """kernels.cpu, compiled (or loaded from numba's cache) on first use; None without numba."""
-    global _cpu
+    """The kernels: those compiled at install (kernels/aot.py), else kernels.cpu's, compiled just
+    in time on first use (or loaded from numba's cache; one warning says so); None without numba."""
+    global _cpu, BLAS
     if _cpu is None:
         cache = os.path.join(os.path.expanduser("~"), ".cache", "gatedrnn", "numba")
         if "NUMBA_CACHE_DIR" not in os.environ and not os.access(os.path.dirname(__file__), os.W_OK):
             os.environ["NUMBA_CACHE_DIR"] = cache   # package dir read-only: cache per user
         try:
-            from . import cpu
+            from . import aot, cpu
         except ImportError as e:
             _cpu = e
         else:
-            _cpu = cpu
+            BLAS, addresses = cpu.bind_blas()
+            compiled, why = aot.load(addresses, cpu, warn_once)
+            if compiled is None:
+                warn_once(f"{why}: compiling the kernels just in time (about 20 s for the three "
+                          f"units on first use, cached afterwards)")
+            _cpu = compiled or cpu
             _one_blas_thread()
     return None if isinstance(_cpu, ImportError) else _cpu
 
@@ -68,6 +74,7 @@ def _one_blas_thread():
 
 
 _cpu = None
+BLAS = None         # which BLAS the kernels' products call (cpu.bind_blas), once loaded
 
 
 def unsupported(*tensors):

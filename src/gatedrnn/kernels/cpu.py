@@ -40,10 +40,12 @@ from numba.extending import get_cython_function_address, intrinsic, overload
 # torch's x86 wheels carry MKL and export its sgemm_ / dgemm_; at these sizes MKL is 1.2-1.5x
 # faster than the OpenBLAS behind numba's np.dot (32 x 195 @ 195 x 780: 150 vs 230 us). Where
 # torch has none, scipy's OpenBLAS serves. The compiled code calls the names gatedrnn_sgemm /
-# gatedrnn_dgemm, bound here to addresses in each process, so numba's on-disk cache stays valid.
+# gatedrnn_dgemm, bound in each process (bind_blas, before the first call) to addresses, so that
+# neither numba's on-disk cache nor the kernels compiled at install (kernels/aot.py) hold one.
 
-def _bind_blas():
-    """Bind gatedrnn_[sd]gemm to torch's BLAS, else scipy's; returns which one."""
+def bind_blas():
+    """(name, [sgemm_ address, dgemm_ address]) of torch's BLAS, else scipy's; binds the names
+    gatedrnn_[sd]gemm of the just-in-time compiled kernels to them."""
     import torch
     for path in glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.*")):
         try:
@@ -56,12 +58,16 @@ def _bind_blas():
     else:
         addresses = [get_cython_function_address("scipy.linalg.cython_blas", f"{t}gemm") for t in "sd"]
         name = "scipy's OpenBLAS"
+    bind(addresses)
+    return name, addresses
+
+
+def bind(addresses):
+    """Bind gatedrnn_sgemm / gatedrnn_dgemm to these addresses for the just-in-time compiler."""
     for t, address in zip("sd", addresses):
         binding.add_symbol(f"gatedrnn_{t}gemm", address)
-    return name
 
 
-BLAS = _bind_blas()
 _P = types.intp       # every Fortran BLAS argument is a pointer
 _sgemm = types.ExternalFunction("gatedrnn_sgemm", types.void(*[_P] * 13))
 _dgemm = types.ExternalFunction("gatedrnn_dgemm", types.void(*[_P] * 13))
