@@ -116,7 +116,11 @@ def load(addresses, fallback, warn):
         from . import _compiled
     except ImportError as e:
         return None, f"no kernels compiled at install ({e})"
-    if _compiled.stamp() != stamp():
+    try:
+        same = _compiled.stamp() == stamp()
+    except OSError:                   # a source missing from the installed package
+        same = False
+    if not same:
         return None, "the kernels compiled at install were built from older sources than kernels/"
     ctypes.CDLL(_compiled.__file__).gatedrnn_set_blas(*(ctypes.c_void_p(a) for a in addresses))
     return Compiled(_compiled, fallback, warn), None
@@ -155,7 +159,7 @@ def _fits(spec, args):
                 return False
         elif isinstance(s[0], np.dtype):
             if not (isinstance(a, np.ndarray) and a.dtype == s[0] and a.ndim == s[1]
-                    and a.flags.c_contiguous and a.flags.aligned and a.flags.writeable):
+                    and a.flags.carray):          # C-contiguous, aligned and writeable
                 return False
         elif not (isinstance(a, tuple) and _fits(s, a)):
             return False
