@@ -25,6 +25,7 @@ def kernels_aot():
 class BuildKernels(build_ext):
     def build_extension(self, ext):
         try:
+            os.makedirs(self.build_temp, exist_ok=True)
             objects, _ = ext._cc._compile_object_files(self.build_temp)   # numba -> object file
             ext.extra_objects = objects
             super().build_extension(ext)
