@@ -531,12 +531,16 @@ def test_argument_check_of_the_compiled_kernels():
 
 
 def test_stale_compiled_kernels_are_not_used(monkeypatch, compiled):
-    """A module built from other sources (an edited checkout) is never loaded: the kernels are
-    then compiled just in time, and a warning says why."""
+    """A module built from other sources (an edited checkout) or for another CPU is never
+    loaded: the kernels are then compiled just in time, and a warning says why."""
     from gatedrnn.kernels import cpu
     monkeypatch.setattr(kernels.aot, "stamp", lambda: -1)
     kernel_set, why = kernels.aot.load([0, 0], cpu, kernels.warn_once)
     assert kernel_set is None and "older sources" in why
+    monkeypatch.undo()
+    monkeypatch.setattr(kernels.aot, "machine", lambda: -1)
+    kernel_set, why = kernels.aot.load([0, 0], cpu, kernels.warn_once)
+    assert kernel_set is None and "another CPU" in why
 
 
 def test_workspace_lends_a_buffer_again_only_when_nothing_holds_it():

@@ -7,9 +7,9 @@ same numba function the just-in-time path runs (same options, so the same result
 ``load`` returns them behind a check of every argument, since a compiled entry trusts its
 arguments' dtype, dimensions and layout (a wrong one would read the wrong memory): a call the
 compiled set does not cover goes to the just-in-time kernel instead, with one warning.
-Where the module is missing (no C compiler at install) or was built from other sources than
-these files (an edited checkout: ``pip install -e .`` builds it again), the kernels are compiled
-just in time, as before, and cached by numba.
+Where the module is missing (no C compiler at install), was built from other sources than these
+files (an edited checkout: ``pip install -e .`` builds it again) or for another CPU, the kernels
+are compiled just in time, as before, and cached by numba.
 """
 import ctypes
 import hashlib
@@ -50,6 +50,16 @@ def stamp():
     return int.from_bytes(h.digest()[:7], "big")
 
 
+def machine():
+    """The CPU the module is compiled for, as a hash of LLVM's name and features of this one: a
+    module built on one machine (a cluster's shared home) must not run on another, whose CPU may
+    lack an instruction it uses."""
+    from llvmlite import binding
+    h = hashlib.sha256(f"{binding.get_host_cpu_name()} "
+                       f"{binding.get_host_cpu_features().flatten()}".encode())
+    return int.from_bytes(h.digest()[:7], "big")
+
+
 # -- at install: the numba.pycc extension ---------------------------------------------------------
 
 def extension(shim):
@@ -68,6 +78,7 @@ def extension(shim):
         for suffix, dtype in DTYPES.items():
             cc.export(f"{name}_{suffix}", _signature(args, returns, dtype))(kernel)
     cc.export("stamp", "i8()")(_constant(stamp()))
+    cc.export("machine", "i8()")(_constant(machine()))
     ext = cc.distutils_extension()
     ext.sources.append(shim)
     return ext
@@ -122,6 +133,10 @@ def load(addresses, fallback, warn):
         same = False
     if not same:
         return None, "the kernels compiled at install were built from older sources than kernels/"
+    if _compiled.machine() != machine():
+        from llvmlite import binding
+        return None, (f"the kernels compiled at install were built for another CPU than this "
+                      f"one ({binding.get_host_cpu_name()})")
     ctypes.CDLL(_compiled.__file__).gatedrnn_set_blas(*(ctypes.c_void_p(a) for a in addresses))
     return Compiled(_compiled, fallback, warn), None
 
