@@ -2,6 +2,7 @@
 errors with exit status 2 for user mistakes."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -99,5 +100,7 @@ def test_bench_prints_ratios():
                 "--repeats", "1", "--skip-epoch")
     assert r.returncode == 0, r.stderr
     assert "1 torch thread(s)" in r.stdout
+    assert re.search(r"first use: loading the kernels and a first forward \+ backward of gru took "
+                     r"\d+\.\d\d s", r.stdout)
     row = next(line for line in r.stdout.splitlines() if line.startswith("| music | gru | 46 | 2 |"))
     assert row.count("x |") == 2 and row.endswith("% |")

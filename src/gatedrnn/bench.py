@@ -13,7 +13,9 @@ which the fast backend projects by adding W's columns (kernels.project); ``music
 uniform random inputs of the same width, where both sides pay the dense input projection;
 ``speech`` feeds dense frames (uniform random, 20 samples).
 
-Then one training epoch of Nottingham per unit: our model on its default backend (the fast
+First, what a new process pays before its first step: loading the kernels and one small
+forward + backward per unit, any compiling included (none where they were compiled at install,
+kernels/aot.py). Then one training epoch of Nottingham per unit: our model on its default backend (the fast
 recurrence and the compiled Bernoulli NLL, kernels.bernoulli_nll) against the same model built on
 torch.nn (nn.LSTM / nn.GRU / nn.RNN, nn.Linear, F.binary_cross_entropy_with_logits); same sizes,
 batches and optimizer, no weight noise in either. The torch.nn unit is fed each padded batch
@@ -78,6 +80,18 @@ def inputs(task, T, B):
     return torch.rand(T, B, I)
 
 
+def first_use_seconds(cells):
+    """Seconds to load the kernels and run a first forward + backward of each unit (float32, a
+    piano roll): what a new process pays before its first step, any compiling included."""
+    from . import kernels
+    start = time.perf_counter()
+    kernels._load()
+    x = inputs("music", 5, 2)
+    for cell in cells:
+        forward_backward(CELLS[cell](88, 8, backend="fast"), x)
+    return time.perf_counter() - start
+
+
 def time_units(cell, task, H, T, B, repeats, impls=IMPLS):
     """{impl: median seconds} of forward + backward, interleaved repeats after one warm-up."""
     x = inputs(task, T, B)
@@ -139,6 +153,7 @@ def run(tasks=TASKS, cells=tuple(CELLS), batches=(1, 32), T=200, repeats=5,
     import numba
     from . import kernels
     threads = torch.get_num_threads()
+    first_use = first_use_seconds(cells)
     cpu = kernels._load()
     blas = kernels.BLAS if cpu else "none (numba missing)"
     built = "compiled at install" if isinstance(cpu, kernels.aot.Compiled) else "compiled just in time"
@@ -147,6 +162,8 @@ def run(tasks=TASKS, cells=tuple(CELLS), batches=(1, 32), T=200, repeats=5,
         f"torch {torch.__version__}, numba {numba.__version__} (kernels {built}; their BLAS: {blas}), "
         f"{threads} torch thread(s); "
         f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+    log(f"first use: loading the kernels and a first forward + backward of {', '.join(cells)} "
+        f"took {first_use:.2f} s\n")
     log(f"forward + backward, T = {T}, float32, paper variants; median of {repeats} interleaved "
         "repeats; ratio = torch.nn time / ours\n")
     log("| task | unit | H | B | fast ms | reference ms | torch.nn ms | torch.nn / fast "
