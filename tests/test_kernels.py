@@ -462,8 +462,8 @@ def test_compiled_kernels_serve_every_call(monkeypatch, compiled, csr_built, inp
             ref, fast = pair(name, variant, 20, 6, dtype, seed=61)
             x = binary((8, 4, 20), 0.08, seed=62, dtype=dtype) if inputs == "binary" else \
                 torch.randn(8, 4, 20, dtype=dtype)
-            got = run(fast, x, None, seed=63, x_grad=inputs == "dense", lengths=torch.tensor([8, 6, 3, 1]))
-            want = run(ref, x, None, seed=63, x_grad=inputs == "dense", lengths=torch.tensor([8, 6, 3, 1]))
+            got, want = (run(unit, x, None, seed=63, x_grad=inputs == "dense",
+                             lengths=torch.tensor([8, 6, 3, 1])) for unit in (fast, ref))
             assert_same(got, want, dtype)
     logits = torch.randn(5, 4, 7, dtype=dtype, requires_grad=True)
     kernels.bernoulli_nll(logits, (torch.rand(5, 4, 7) < 0.3).to(dtype)).sum().backward()

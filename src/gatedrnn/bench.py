@@ -15,8 +15,9 @@ uniform random inputs of the same width, where both sides pay the dense input pr
 
 First, what a new process pays before its first step: loading the kernels and one small
 forward + backward per unit, any compiling included (none where they were compiled at install,
-kernels/aot.py). Then one training epoch of Nottingham per unit: our model on its default backend (the fast
-recurrence and the compiled Bernoulli NLL, kernels.bernoulli_nll) against the same model built on
+kernels/aot.py). Then one training epoch of Nottingham per unit: our model on its default
+backend (the fast recurrence and the compiled Bernoulli NLL, kernels.bernoulli_nll) against the
+same model built on
 torch.nn (nn.LSTM / nn.GRU / nn.RNN, nn.Linear, F.binary_cross_entropy_with_logits); same sizes,
 batches and optimizer, no weight noise in either. The torch.nn unit is fed each padded batch
 whole (TorchNNUnit); ours skips the rows of sequences that have ended (kernels.cpu._rows).
@@ -156,10 +157,12 @@ def run(tasks=TASKS, cells=tuple(CELLS), batches=(1, 32), T=200, repeats=5,
     first_use = first_use_seconds(cells)
     cpu = kernels._load()
     blas = kernels.BLAS if cpu else "none (numba missing)"
-    built = "compiled at install" if isinstance(cpu, kernels.aot.Compiled) else "compiled just in time"
+    built = "compiled at install" if isinstance(cpu, kernels.aot.Compiled) else \
+        "compiled just in time"
     peak = matmul_peak()
     log(f"gatedrnn bench, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: "
-        f"torch {torch.__version__}, numba {numba.__version__} (kernels {built}; their BLAS: {blas}), "
+        f"torch {torch.__version__}, numba {numba.__version__} (kernels {built}; their BLAS: "
+        f"{blas}), "
         f"{threads} torch thread(s); "
         f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
     log(f"first use: loading the kernels and a first forward + backward of {', '.join(cells)} "

@@ -35,7 +35,8 @@ def warn_once(reason):
 
 def _load():
     """The kernels: those compiled at install (kernels/aot.py), else kernels.cpu's, compiled just
-    in time on first use (or loaded from numba's cache; one warning says so); None without numba."""
+    in time on first use or loaded from numba's cache (one warning says so); None without
+    numba."""
     global _cpu, BLAS
     if _cpu is None:
         cache = os.path.join(os.path.expanduser("~"), ".cache", "gatedrnn", "numba")

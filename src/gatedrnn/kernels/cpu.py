@@ -1,5 +1,6 @@
 """The recurrences of cells.py compiled with numba: loops over time, forward and backward
-written out, for float32 and float64 arrays on the CPU.
+written out, for float32 and float64 arrays on the CPU. They are compiled at install
+(kernels/aot.py), or just in time where that module is missing.
 
 Only the part that must run step by step lives here. The input projection of all steps
 (xw = x W^T + b, (T, B, G*H)) comes in precomputed, or, for a binary input (piano rolls), is
