@@ -22,6 +22,11 @@ def kernels_aot():
     return importlib.import_module("gatedrnn.kernels.aot")
 
 
+def not_compiled(e):
+    print(f"gatedrnn: kernels not compiled at install ({type(e).__name__}: {e}); they will be "
+          f"compiled on first use", file=sys.stderr)
+
+
 class BuildKernels(build_ext):
     def build_extension(self, ext):
         try:
@@ -30,16 +35,14 @@ class BuildKernels(build_ext):
             ext.extra_objects = objects
             super().build_extension(ext)
         except Exception as e:        # noqa: BLE001 - any failure leaves the just-in-time path
-            print(f"gatedrnn: kernels not compiled at install ({type(e).__name__}: {e}); they "
-                  f"will be compiled on first use", file=sys.stderr)
+            not_compiled(e)
 
 
 def extensions():
     try:
         return [kernels_aot().extension("src/gatedrnn/kernels/blas_shim.c")]
     except Exception as e:            # noqa: BLE001 - e.g. a numba without numba.pycc
-        print(f"gatedrnn: kernels not compiled at install ({type(e).__name__}: {e}); they will be "
-              f"compiled on first use", file=sys.stderr)
+        not_compiled(e)
         return []
 
 

@@ -58,9 +58,10 @@ def _load():
 
 
 def _one_blas_thread():
-    """numba's np.dot calls scipy's OpenBLAS, which by default starts a thread per core: on a
-    busy machine each per-step product then waits for the others (10-30x slower here). The
-    kernels run on one core, so that BLAS gets one thread."""
+    """Where torch has no BLAS to lend, the kernels' products call scipy's OpenBLAS
+    (cpu.bind_blas), which by default starts a thread per core: on a busy machine each per-step
+    product then waits for the others (10-30x slower here). The kernels run on one core, so that
+    BLAS gets one thread."""
     import ctypes
     import glob
 

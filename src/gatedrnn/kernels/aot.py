@@ -99,22 +99,21 @@ def _constant(value):
 
 
 def _signature(args, returns, dtype):
-    """The numba signature (tuple of the arguments) -> returns, for float arrays of dtype."""
+    """The numba signature (tuple of the arguments) -> returns, for float arrays of dtype: the
+    types of what _spec says."""
     from numba import from_dtype, types
 
-    def one(code):
-        if code in TUPLES:
-            return types.Tuple([one(c) for c in TUPLES[code].split()])
-        if code == "b":
+    def numba_type(s):
+        if s is bool:
             return types.boolean
-        if code == "i8":
+        if s is int:
             return types.int64
-        dt = {"F": from_dtype(np.dtype(dtype)), "I": types.int32, "M": types.uint8}[code[0]]
-        return types.Array(dt, 2 if code == "M" else int(code[1]), "C")
-    ret = types.void if returns is None else [one(c) for c in returns.split()]
-    if isinstance(ret, list):
-        ret = ret[0] if len(ret) == 1 else types.Tuple(ret)
-    return ret(types.Tuple([one(c) for c in args.split()]))
+        if isinstance(s[0], np.dtype):
+            return types.Array(from_dtype(s[0]), s[1], "C")
+        return types.Tuple([numba_type(x) for x in s])
+    ret = [] if returns is None else [numba_type(s) for s in _spec(returns, dtype)]
+    ret = types.void if not ret else ret[0] if len(ret) == 1 else types.Tuple(ret)
+    return ret(numba_type(_spec(args, dtype)))
 
 
 # -- at run time: the compiled kernels behind their argument check --------------------------------
@@ -145,23 +144,25 @@ class Compiled:
     """The compiled kernels, called as cpu.py's are: kernel(*args)."""
 
     def __init__(self, module, fallback, warn):
-        self.module = module
         for name, (args, _) in KERNELS.items():
             entries = [(_spec(args, dtype), getattr(module, f"{name}_{suffix}"))
                        for suffix, dtype in DTYPES.items()]
             setattr(self, name, _checked(name, entries, getattr(fallback, name), warn))
 
 
-def _spec(args, dtype):
-    """What each argument must be: (np.dtype, ndim) for an array, bool, or a tuple of specs."""
+def _spec(codes, dtype):
+    """What each code (KERNELS) stands for: (np.dtype, ndim) for a C-contiguous array, bool, int
+    for an int64 scalar, or a tuple of specs."""
     def one(code):
         if code in TUPLES:
             return tuple(one(c) for c in TUPLES[code].split())
         if code == "b":
             return bool
+        if code == "i8":
+            return int
         dt = {"F": np.dtype(dtype), "I": np.dtype(np.int32), "M": np.dtype(np.uint8)}[code[0]]
         return dt, 2 if code == "M" else int(code[1])
-    return tuple(one(c) for c in args.split())
+    return tuple(one(c) for c in codes.split())
 
 
 def _fits(spec, args):
