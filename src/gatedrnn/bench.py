@@ -86,7 +86,7 @@ def first_use_seconds(cells):
     piano roll): what a new process pays before its first step, any compiling included."""
     from . import kernels
     start = time.perf_counter()
-    kernels._load()
+    kernels.load()
     x = inputs("music", 5, 2)
     for cell in cells:
         forward_backward(CELLS[cell](88, 8, backend="fast"), x)
@@ -155,10 +155,8 @@ def run(tasks=TASKS, cells=tuple(CELLS), batches=(1, 32), T=200, repeats=5,
     from . import kernels
     threads = torch.get_num_threads()
     first_use = first_use_seconds(cells)
-    cpu = kernels._load()
-    blas = kernels.BLAS if cpu else "none (numba missing)"
-    built = "compiled at install" if isinstance(cpu, kernels.aot.Compiled) else \
-        "compiled just in time"
+    blas = kernels.load()
+    built = "compiled just in time, cached"
     peak = matmul_peak()
     log(f"gatedrnn bench, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: "
         f"torch {torch.__version__}, numba {numba.__version__} (kernels {built}; their BLAS: "

@@ -23,6 +23,7 @@ Weights are stored like torch.nn, gate blocks stacked along dim 0: ``weight_ih``
 ``weight_hh`` (G*H, H). Gate order is torch's in both variants: GRU (r, z, n), LSTM (i, f, g, o).
 """
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -142,8 +143,9 @@ class RecurrentUnit(nn.Module):
                       mask, batch_first)
         if backend == "fast":     # a piano roll is projected inside the kernels, step by step;
             xw = kernels.project(*projection, fused=True)     # batch-first output in place
-            output, state = kernels.scan(self.fast_kernels[self.variant], self.step, xw, w, state,
-                                         mask, batch_first)
+            output, state = kernels.scan(self.fast_kernels[self.variant],
+                                         partial(reference_scan, self.step), xw, w, state, mask,
+                                         batch_first)
         else:
             xw = kernels.dense_project(*projection)
             output, state = reference_scan(self.step, xw, state, w, mask)

@@ -6,11 +6,15 @@ output dimensions (PAPER.md section 3: a music step's NLL sums the 88 notes' Ber
 """
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from . import kernels
+from .kernels.jit import _exp, _log1p_unit, kernel
+from .kernels.workspace import workspace
 
 
 class BernoulliHead(nn.Module):
@@ -18,7 +22,7 @@ class BernoulliHead(nn.Module):
 
     NLL per step = sum_d softplus(-l_d) if y_d = 1 else softplus(l_d), computed stably: by
     binary_cross_entropy_with_logits with ``backend="reference"``, by one compiled pass
-    (kernels.bernoulli_nll, same formula) with ``backend="fast"``.
+    (bernoulli_nll below, same formula) with ``backend="fast"``.
     """
 
     def __init__(self, hidden_size, output_size, backend="fast"):
@@ -31,8 +35,66 @@ class BernoulliHead(nn.Module):
 
     def nll(self, logits, target):
         if self.backend == "fast":
-            return kernels.bernoulli_nll(logits, target)
+            return bernoulli_nll(logits, target)
         return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+
+
+def bernoulli_nll(logits, target):
+    """F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1), the
+    Bernoulli output layer's NLL per step, in one compiled pass that also keeps the gradient
+    (sigmoid(logits) - target) for the backward. Where the kernels cannot serve
+    (kernels.unsupported; or a target that needs a gradient or a shape other than the logits'),
+    it is that torch expression."""
+    reason = kernels.unsupported(logits, target)
+    if reason or target.requires_grad or target.shape != logits.shape or logits.numel() == 0:
+        if reason:
+            kernels.warn_once(reason)
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+    return _BernoulliNLL.apply(logits, target)
+
+
+class _BernoulliNLL(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, logits, target):
+        D = logits.shape[-1]
+        flat = logits.detach().contiguous().numpy().reshape(-1, D)
+        nll = np.empty(flat.shape[0], flat.dtype)
+        grad = workspace.empty(flat.shape, flat.dtype)
+        _bernoulli_nll(flat, target.detach().contiguous().numpy().reshape(-1, D), nll, grad)
+        ctx.grad = torch.from_numpy(grad).view(logits.shape)
+        return torch.from_numpy(nll).view(logits.shape[:-1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dnll):
+        return ctx.grad * dnll.unsqueeze(-1), None
+
+
+@kernel
+def _bernoulli_term(logit, y, zero, one):
+    """-log p(y | sigmoid(logit)) = max(l, 0) - l y + log(1 + e^-|l|), and its derivative in l,
+    sigmoid(l) - y. NaN in, NaN out (l y is NaN). zero, one: of the logits' dtype."""
+    e = _exp(-abs(logit))
+    s = one / (one + e)
+    return max(logit, zero) - logit * y + _log1p_unit(e), (s if logit >= zero else e * s) - y
+
+
+@kernel(fastmath={"contract", "reassoc"})
+def _bernoulli_nll(logits, target, nll, grad):
+    """nll (N,) = per row the sum over D of the Bernoulli NLL of target (N, D) under logits
+    (N, D); grad (N, D) = its derivative in the logits. The per-entry arithmetic is exact
+    (_bernoulli_term, compiled with the kernels' flags); only the row sum is reassociated, which lets
+    it vectorize."""
+    N, D = logits.shape
+    zero, one = logits.dtype.type(0), logits.dtype.type(1)
+    for r in range(N):
+        acc = zero
+        for d in range(D):
+            v, g = _bernoulli_term(logits[r, d], target[r, d], zero, one)
+            grad[r, d] = g
+            acc += v
+        nll[r] = acc
 
 
 class MixtureGaussianHead(nn.Module):
