@@ -13,6 +13,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from . import kernels
+from .errors import UserError
 from .kernels.jit import _exp, _log1p_unit, kernel
 from .kernels.workspace import workspace
 
@@ -126,4 +127,82 @@ class MixtureGaussianHead(nn.Module):
         return -torch.logsumexp(joint, -1)
 
 
-HEADS = {"bernoulli": BernoulliHead, "gmm": MixtureGaussianHead}
+class NADEHead(nn.Module):
+    """RNN-NADE (Boulanger-Lewandowski, Bengio & Vincent 2012, "Modeling temporal dependencies
+    in high-dimensional sequences"): at each step a NADE (Larochelle & Murray 2011, "The neural
+    autoregressive distribution estimator") over the D binary notes, whose biases follow the
+    recurrent state h_t while its weights W (N x D) and V (D x N) are shared over time:
+
+        b_v(t) = W_bv h_t + c_v                                      (D)
+        b_h(t) = W_bh h_t + c_h                                      (N)
+        a_d    = b_h(t) + W_{:, <d} v_<d                             (N)
+        p(v_d = 1 | v_<d) = sigmoid(b_v,d(t) + V_d . sigmoid(a_d))
+        p(v) = prod_d p(v_d | v_<d)
+
+    N = nade_hidden. NLL per step = -log p(v) in nats, summed over the D notes (as for the
+    Bernoulli head): sum_d softplus(-l_d) if v_d = 1 else softplus(l_d), with l_d the logit
+    above, by binary_cross_entropy_with_logits (never log(sigmoid)). Teacher forcing gives all
+    a_d at once, by an exclusive cumulative sum over d.
+
+    Parameters: (H + 1) (D + N) + 2 D N (W_bv, c_v, W_bh, c_h, W, V) for H = hidden_size.
+
+    ``backend`` is accepted so that SequenceModel can build every non-mixture head alike; the
+    NADE has no compiled kernel, so both backends run the torch code below.
+    """
+
+    # 150: the NADE hidden units of Boulanger-Lewandowski et al. (2012) for RNN-NADE on these
+    # four music sets, so that the head is the one whose NLLs PAPER.md section 5 quotes.
+    DEFAULT_NADE_HIDDEN = 150
+
+    def __init__(self, hidden_size, output_size, nade_hidden=DEFAULT_NADE_HIDDEN, *, backend=None):
+        super().__init__()
+        if isinstance(nade_hidden, bool) or not isinstance(nade_hidden, int) or nade_hidden < 1:
+            raise UserError(f"nade_hidden must be a positive integer, got {nade_hidden!r}")
+        self.dims, self.nade_hidden = output_size, nade_hidden
+        self.visible_bias = nn.Linear(hidden_size, output_size)  # W_bv, c_v
+        self.hidden_bias = nn.Linear(hidden_size, nade_hidden)   # W_bh, c_h
+        self.W = nn.Parameter(torch.empty(nade_hidden, output_size))   # (N, D)
+        self.V = nn.Parameter(torch.empty(output_size, nade_hidden))   # (D, N)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        """W and V as torch.nn.Linear initialises a weight: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+        self.visible_bias.reset_parameters()
+        self.hidden_bias.reset_parameters()
+        nn.init.uniform_(self.W, -self.dims ** -0.5, self.dims ** -0.5)
+        nn.init.uniform_(self.V, -self.nade_hidden ** -0.5, self.nade_hidden ** -0.5)
+
+    def forward(self, h):
+        return self.visible_bias(h), self.hidden_bias(h)         # b_v (..., D), b_h (..., N)
+
+    def logits(self, params, target):
+        """l_d = b_v,d + V_d . sigmoid(a_d) for every note of every step, given v = target."""
+        b_v, b_h = params
+        steps = target.unsqueeze(-1) * self.W.t()                # (B, T, D, N): v_d W_{:, d}
+        before = F.pad(steps.cumsum(-2)[..., :-1, :], (0, 0, 1, 0))   # (B, T, D, N): W_{:, <d} v_<d
+        hidden = torch.sigmoid(b_h.unsqueeze(-2) + before)       # (B, T, D, N): sigmoid(a_d)
+        return b_v + torch.einsum("...dn,dn->...d", hidden, self.V)   # (B, T, D)
+
+    def nll(self, params, target):
+        logits = self.logits(params, target)
+        return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+
+    @torch.no_grad()
+    def sample(self, h_t, generator=None, temperature=1.0):
+        """v ~ p(v | h_t) (B, D) as float 0/1, note by note. ``temperature`` divides every
+        logit l_d before its sigmoid: 1 draws from the model, below 1 sharpens each conditional
+        towards its likelier value, above 1 flattens it towards 1/2. The uniforms come from
+        ``generator`` (on h_t's device), so a seeded generator gives the same notes."""
+        if not temperature > 0:
+            raise UserError(f"temperature must be positive, got {temperature!r}")
+        b_v, a = self(h_t)                                       # (B, D), (B, N): a_1 = b_h
+        v = torch.zeros_like(b_v)                                # (B, D)
+        for d in range(self.dims):
+            logit = b_v[..., d] + torch.sigmoid(a) @ self.V[d]   # (B,)
+            u = torch.rand(logit.shape, generator=generator, device=logit.device, dtype=logit.dtype)
+            v[..., d] = (u < torch.sigmoid(logit / temperature)).to(v.dtype)
+            a = a + v[..., d, None] * self.W[:, d]               # a_{d+1} (B, N)
+        return v
+
+
+HEADS = {"bernoulli": BernoulliHead, "gmm": MixtureGaussianHead, "nade": NADEHead}
