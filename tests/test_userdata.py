@@ -1,0 +1,241 @@
+"""Readers for a user's own data: MIDI files (data/midi.py), .npz arrays (data/arrays.py) and
+UTF-8 text (data/text.py), on small files built here; expected values are written out by hand
+or recomputed from the documented rules."""
+import hashlib
+
+import mido
+import numpy as np
+import pytest
+
+from gatedrnn.data.midi import load_midi_dir, read_midi, write_midi
+from gatedrnn.errors import UserError
+
+SPLITS = ("train", "valid", "test")
+
+
+def user_error(fn, *args, match, **kwargs):
+    """Call fn, expect a UserError with a one-line message containing `match`; return it."""
+    with pytest.raises(UserError) as info:
+        fn(*args, **kwargs)
+    msg = str(info.value)
+    assert match in msg and "\n" not in msg, msg
+    return msg
+
+
+# ---- MIDI ----
+
+def note(kind, pitch, channel=0, velocity=64):
+    return mido.Message(kind, note=pitch, velocity=velocity, channel=channel)
+
+
+def save(path, tracks, ticks_per_beat=96, type=1):
+    """Tracks given as lists of (absolute tick, message) -> a MIDI file at path."""
+    midi = mido.MidiFile(type=type, ticks_per_beat=ticks_per_beat)
+    for events in tracks:
+        track, now = mido.MidiTrack(), 0
+        for tick, msg in sorted(events, key=lambda e: e[0]):
+            track.append(msg.copy(time=tick - now))
+            now = tick
+        midi.tracks.append(track)
+    midi.save(path)
+    return path
+
+
+def piece(path, pitch=60, ticks_per_beat=96):
+    """A small type 1 file: a tempo track, a piano track with `pitch` and a drum track."""
+    q = ticks_per_beat
+    tempo = [(0, mido.MetaMessage("set_tempo", tempo=500000)),
+             (2 * q, mido.MetaMessage("set_tempo", tempo=250000))]     # no effect on steps
+    piano = [(0, note("note_on", pitch)), (q, note("note_off", pitch)),
+             (q, note("note_on", 64)), (2 * q, note("note_on", 64, velocity=0))]
+    drums = [(0, note("note_on", 36, channel=9)), (4 * q, note("note_off", 36, channel=9))]
+    return save(path, [tempo, piano, drums], ticks_per_beat)
+
+
+def roll_of(T, *notes):
+    """(T, 88) roll with (first step, end step, MIDI note) marked."""
+    roll = np.zeros((T, 88), np.uint8)
+    for a, b, n in notes:
+        roll[a:b, n - 21] = 1
+    return roll
+
+
+def test_read_midi_merges_tracks_drops_drums_and_out_of_range(tmp_path):
+    q = 96
+    tempo = [(0, mido.MetaMessage("set_tempo", tempo=500000)),
+             (q, mido.MetaMessage("set_tempo", tempo=1000000))]
+    piano = [(0, note("note_on", 60)), (q, note("note_off", 60)),          # steps 0, 1
+             (q, note("note_on", 64)), (3 * q, note("note_on", 64, velocity=0)),  # 2..5
+             (0, note("note_on", 20)), (q, note("note_off", 20)),          # below A0
+             (0, note("note_on", 109)), (q, note("note_off", 109)),        # above C8
+             (0, note("note_on", 21)), (q // 2, note("note_off", 21)),     # A0, step 0
+             (0, note("note_on", 108)), (q // 2, note("note_off", 108))]   # C8, step 0
+    strings = [(2 * q, note("note_on", 67, channel=3)), (4 * q, note("note_off", 67, channel=3))]
+    drums = [(0, note("note_on", 38, channel=9)), (6 * q, note("note_off", 38, channel=9))]
+    path = save(tmp_path / "a.mid", [tempo, piano, strings, drums], q)
+    want = roll_of(12, (0, 2, 60), (2, 6, 64), (4, 8, 67), (0, 1, 21), (0, 1, 108))
+    # T = 12: the drum track's end_of_track at 6 quarter notes keeps the silence after step 8
+    got = read_midi(path)
+    assert got.dtype == np.uint8 and got.shape == (12, 88)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(read_midi(path, steps_per_quarter=1), want[::2])
+    np.testing.assert_array_equal(read_midi(path, steps_per_quarter=4), np.repeat(want, 2, axis=0))
+
+
+def test_read_midi_rounds_to_the_nearest_step_and_keeps_short_notes(tmp_path):
+    q = 480                                      # a step (eighth note) is 240 ticks
+    piano = [(238, note("note_on", 60)), (481, note("note_off", 60)),   # a bit early, late
+             (600, note("note_on", 62)), (610, note("note_off", 62)),   # 10 ticks: 1 step
+             (721, note("note_on", 64)), (721, note("note_off", 64)),   # 0 ticks: 1 step
+             (960, note("note_on", 65))]                                   # never ended
+    path = save(tmp_path / "b.mid", [piano + [(1200, mido.MetaMessage("marker", text="end"))]], q)
+    want = roll_of(5, (1, 2, 60), (3, 4, 62), (3, 4, 64), (4, 5, 65))
+    np.testing.assert_array_equal(read_midi(path), want)
+
+
+def test_read_midi_overlapping_notes_and_stray_note_offs(tmp_path):
+    """A roll is the union of the notes' steps, however note_offs pair with onsets."""
+    q = 2                                        # one tick per eighth-note step
+    piano = [(0, note("note_on", 60)), (2, note("note_on", 60)),   # second onset while held
+             (3, note("note_off", 60)), (5, note("note_off", 60)),  # ends notes 1, then 2
+             (7, note("note_off", 60)),                               # nothing left: ignored
+             (8, note("note_on", 62)), (8, note("note_off", 62, channel=1)),  # other channel: ignored
+             (9, note("note_off", 62))]
+    path = save(tmp_path / "c.mid", [piano], q)
+    np.testing.assert_array_equal(read_midi(path), roll_of(9, (0, 5, 60), (8, 9, 62)))
+
+
+def test_read_midi_errors_are_one_line(tmp_path):
+    user_error(read_midi, tmp_path / "missing.mid", match="missing.mid: file not found")
+    (tmp_path / "junk.mid").write_bytes(b"RIFF....not midi")
+    user_error(read_midi, tmp_path / "junk.mid", match="junk.mid: not a readable MIDI file")
+    good = piece(tmp_path / "good.mid").read_bytes()
+    (tmp_path / "cut.mid").write_bytes(good[:-7])
+    user_error(read_midi, tmp_path / "cut.mid", match="cut.mid: not a readable MIDI file")
+    (tmp_path / "smpte.mid").write_bytes(good[:12] + b"\xe7\x28" + good[14:])  # -25 fps, 40 tpf
+    user_error(read_midi, tmp_path / "smpte.mid", match="SMPTE")
+    (tmp_path / "type2.mid").write_bytes(good[:8] + b"\x00\x02" + good[10:])
+    user_error(read_midi, tmp_path / "type2.mid", match="type 2")
+    user_error(read_midi, tmp_path / "good.mid", steps_per_quarter=0, match="steps_per_quarter")
+
+
+def random_roll(rng, T):
+    """Sparse random notes, held notes, a note repeated after one silent step, silence at the end."""
+    roll = (rng.random((T, 88)) < 0.03).astype(np.uint8)
+    roll[2:9, 40] = 1                            # held over 7 steps
+    roll[2:4, 50] = 1
+    roll[5:7, 50] = 1                            # repeated after a silent step
+    roll[8, :] = 0                               # a silent step inside
+    roll[-3:, :] = 0                             # trailing silence
+    return roll
+
+
+@pytest.mark.parametrize("spq", [1, 2, 3, 4, 480, 1000])
+def test_midi_round_trip_is_exact(tmp_path, spq):
+    rng = np.random.default_rng(spq)
+    for T in (12, 40, 200):
+        roll = random_roll(rng, T)
+        path = write_midi(roll, tmp_path / f"r{T}.mid", steps_per_quarter=spq)
+        np.testing.assert_array_equal(read_midi(path, steps_per_quarter=spq), roll)
+    for roll in (np.zeros((7, 88), np.uint8), np.zeros((0, 88), np.uint8), np.ones((3, 88), bool)):
+        path = write_midi(roll, tmp_path / "edge.mid", steps_per_quarter=spq)
+        np.testing.assert_array_equal(read_midi(path, steps_per_quarter=spq), roll)
+
+
+def test_write_midi_makes_one_note_per_run(tmp_path):
+    roll = roll_of(6, (0, 3, 60), (4, 5, 60), (1, 2, 72))
+    path = write_midi(roll, tmp_path / "w.mid", steps_per_quarter=2, tempo_bpm=90, velocity=100)
+    midi = mido.MidiFile(path)
+    assert midi.type == 0 and len(midi.tracks) == 1
+    tps = midi.ticks_per_beat // 2
+    events, now = [], 0
+    for msg in midi.tracks[0]:
+        now += msg.time
+        if msg.type.startswith("note"):
+            events.append((now // tps, msg.type, msg.note, msg.velocity))
+        elif msg.type == "set_tempo":
+            assert msg.tempo == mido.bpm2tempo(90)
+    assert events == [(0, "note_on", 60, 100), (1, "note_on", 72, 100), (2, "note_off", 72, 0),
+                      (3, "note_off", 60, 0), (4, "note_on", 60, 100), (5, "note_off", 60, 0)]
+    assert now == 6 * tps                        # end_of_track at step T
+    assert [p.name for p in tmp_path.iterdir()] == ["w.mid"]   # no temporary file left
+
+
+def test_write_midi_checks_its_arguments(tmp_path):
+    user_error(write_midi, np.zeros((4, 87)), tmp_path / "x.mid", match="(T, 88)")
+    user_error(write_midi, np.full((4, 88), 2), tmp_path / "x.mid", match="0 and 1")
+    user_error(write_midi, np.zeros((4, 88)), tmp_path / "x.mid", velocity=0, match="velocity")
+    user_error(write_midi, np.zeros((4, 88)), tmp_path / "x.mid", tempo_bpm=0, match="tempo_bpm")
+    user_error(write_midi, np.zeros((4, 88)), tmp_path / "no" / "x.mid", match="cannot write")
+    assert not (tmp_path / "x.mid").exists()
+
+
+def expected_split(rel, seed):
+    u = int(hashlib.sha256(f"{seed}:{rel}".encode()).hexdigest()[:16], 16) / 2 ** 64
+    return "train" if u < 0.8 else "valid" if u < 0.9 else "test"
+
+
+def midi_dir(root, names):
+    """One file per name, each with its own pitch so a roll tells which file it came from."""
+    pitches = {}
+    for i, rel in enumerate(names):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        pitches[rel] = 30 + i
+        piece(root / rel, pitch=30 + i)
+    return pitches
+
+
+def where(splits):
+    """{pitch of the file: split} from the first note of each roll."""
+    return {int(np.flatnonzero(roll[0])[0]) + 21: s for s, rolls in splits.items() for roll in rolls}
+
+
+def test_load_midi_dir(tmp_path):
+    names = [f"set{i % 3}/piece{i}.{['mid', 'MID', 'midi', 'Midi'][i % 4]}" for i in range(24)]
+    pitches = midi_dir(tmp_path, names)
+    (tmp_path / "set0" / "broken.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01")
+    save(tmp_path / "set1" / "silent.midi", [[(0, mido.MetaMessage("set_tempo", tempo=500000))]])
+    save(tmp_path / "drums.mid", [[(0, note("note_on", 36, channel=9)),
+                                   (96, note("note_off", 36, channel=9))]])
+    (tmp_path / "notes.txt").write_text("not a MIDI file, not read")
+    lines = []
+    splits, info = load_midi_dir(tmp_path, log=lines.append)
+
+    assert len(lines) == 3 and all("\n" not in line for line in lines)
+    for name, why in (("broken.mid", "not a readable MIDI file"), ("silent.midi", "no notes"),
+                      ("drums.mid", "no notes")):
+        assert sum(name in line and why in line for line in lines) == 1, lines
+    want = {pitches[rel]: expected_split(rel, 0) for rel in names}
+    assert where(splits) == want
+    sizes = {s: list(want.values()).count(s) for s in SPLITS}
+    assert info == {"files": 24, "skipped": 3, "sizes": sizes, "steps_per_quarter": 2, "seed": 0,
+                    "digest": hashlib.sha256("".join(r + "\n" for r in sorted(names)).encode()).hexdigest()}
+    assert all(sizes[s] for s in SPLITS)
+    for s in SPLITS:                              # in order of relative path, as read_midi reads them
+        rels = sorted(r for r in names if want[pitches[r]] == s)
+        for rel, roll in zip(rels, splits[s], strict=True):
+            assert roll.dtype == np.uint8 and roll.shape[1] == 88
+            np.testing.assert_array_equal(roll, read_midi(tmp_path / rel))
+
+    # adding files moves no other file; another seed gives another split
+    midi_dir(tmp_path, names + ["new/a.mid", "new/b.mid"])
+    splits2, info2 = load_midi_dir(tmp_path, log=lambda line: None)
+    assert info2["files"] == 26 and info2["digest"] != info["digest"]
+    moved = where(splits2)
+    assert all(moved[p] == s for p, s in want.items())
+    other, _ = load_midi_dir(tmp_path, seed=1, log=lambda line: None)
+    assert where(other) == {pitches.get(r, 30 + i): expected_split(r, 1)
+                            for i, r in enumerate(names + ["new/a.mid", "new/b.mid"])}
+    assert where(other) != moved
+
+
+def test_load_midi_dir_errors(tmp_path):
+    user_error(load_midi_dir, tmp_path / "none", match="not a directory")
+    midi_dir(tmp_path, ["a.mid", "b.mid"])
+    (tmp_path / "c.mid").write_bytes(b"")
+    msg = user_error(load_midi_dir, tmp_path, log=lambda line: None, match="2 usable MIDI files")
+    assert "1 skipped" in msg
+    names = ["a.mid", "b.mid", "x.mid"]
+    seed = next(s for s in range(1000) if {expected_split(r, s) for r in names} == {"train"})
+    midi_dir(tmp_path, names)
+    user_error(load_midi_dir, tmp_path, seed=seed, log=lambda line: None, match="3/0/0 train/valid/test")
