@@ -7,6 +7,7 @@ import mido
 import numpy as np
 import pytest
 
+from gatedrnn.data.arrays import load_npz
 from gatedrnn.data.midi import load_midi_dir, read_midi, write_midi
 from gatedrnn.errors import UserError
 
@@ -239,3 +240,96 @@ def test_load_midi_dir_errors(tmp_path):
     seed = next(s for s in range(1000) if {expected_split(r, s) for r in names} == {"train"})
     midi_dir(tmp_path, names)
     user_error(load_midi_dir, tmp_path, seed=seed, log=lambda line: None, match="3/0/0 train/valid/test")
+
+
+# ---- .npz arrays ----
+
+def test_npz_padded_binary_with_and_without_lengths(tmp_path):
+    rng = np.random.default_rng(0)
+    train = rng.random((3, 5, 4)) < 0.5
+    valid, test = rng.random((2, 6, 4)) < 0.5, rng.random((1, 2, 4)) < 0.5
+    np.savez(tmp_path / "b.npz", train=train, train_lengths=[5, 1, 3], valid=valid, test=test)
+    splits, kind = load_npz(tmp_path / "b.npz")
+    assert kind == "binary"
+    assert [len(s) for s in splits["train"]] == [5, 1, 3]
+    np.testing.assert_array_equal(splits["train"][2], train[2, :3])
+    assert [s.shape for s in splits["valid"]] == [(6, 4), (6, 4)]
+    assert all(s.dtype == np.uint8 for v in splits.values() for s in v)
+
+
+def test_npz_concatenated_real(tmp_path):
+    rng = np.random.default_rng(1)
+    seqs = {s: [rng.normal(size=(n, 3)) for n in ns]
+            for s, ns in (("train", (4, 1, 7)), ("valid", (2,)), ("test", (3, 3)))}
+    np.savez(tmp_path / "r.npz", **{s: np.concatenate(v) for s, v in seqs.items()},
+             **{f"{s}_lengths": [len(a) for a in v] for s, v in seqs.items()})
+    splits, kind = load_npz(tmp_path / "r.npz")
+    assert kind == "real"
+    for s in SPLITS:
+        assert len(splits[s]) == len(seqs[s])
+        for got, want in zip(splits[s], seqs[s]):
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, want.astype(np.float32))
+
+
+def test_npz_tokens_in_both_layouts(tmp_path):
+    padded = np.array([[3, 1, 4, -1], [1, 5, 9, 2]], np.int32)     # -1: padding past a length
+    np.savez(tmp_path / "t.npz", train=padded, train_lengths=[3, 4],
+             valid=np.array([7, 7, 0], np.uint8), valid_lengths=[1, 2], test=np.array([[2, 2]]))
+    splits, kind = load_npz(tmp_path / "t.npz")
+    assert kind == "tokens"
+    assert [s.tolist() for s in splits["train"]] == [[3, 1, 4], [1, 5, 9, 2]]
+    assert [s.tolist() for s in splits["valid"]] == [[7], [7, 0]]
+    assert [s.tolist() for s in splits["test"]] == [[2, 2]]
+    assert all(s.dtype == np.int64 and s.ndim == 1 for v in splits.values() for s in v)
+
+
+def test_npz_nan_in_padding_is_not_data(tmp_path):
+    train = np.ones((2, 3, 1))
+    train[0, 2] = np.nan
+    np.savez(tmp_path / "p.npz", train=train, train_lengths=[2, 3], valid=train[1:], test=train[1:])
+    assert [len(s) for s in load_npz(tmp_path / "p.npz")[0]["train"]] == [2, 3]
+
+
+def bad_npz(tmp_path, **arrays):
+    base = {"train": np.zeros((2, 3, 2)), "valid": np.zeros((1, 3, 2)), "test": np.zeros((1, 3, 2))}
+    path = tmp_path / "bad.npz"
+    np.savez(path, **{**base, **arrays})
+    return path
+
+
+@pytest.mark.parametrize("arrays, match", [
+    (dict(train=np.array([np.zeros((2, 2)), np.zeros((3, 2))], dtype=object)),
+     "train is an object array"),
+    (dict(valid=np.array([[[0.0, np.nan]]])), "valid holds NaN"),
+    (dict(test=np.array([[[0.0, np.inf]]])), "test holds NaN or infinite"),
+    (dict(test=np.zeros((1, 3, 5))), "different feature sizes D (train 2, valid 2, test 5)"),
+    (dict(valid=np.zeros((1, 3, 2), bool)), "different kinds (train real, valid binary"),
+    (dict(train_lengths=[3, 4]), "train_lengths holds a length of 4, longer than the 3 steps"),
+    (dict(train_lengths=[3, 0]), "train_lengths holds a length of 0, expected lengths >= 1"),
+    (dict(train_lengths=[3]), "train_lengths holds 1 lengths, expected 2"),
+    (dict(train_lengths=[1.0, 2.0]), "train_lengths has shape (2,) and dtype float64"),
+    (dict(train=np.zeros((5, 2))), "needs train_lengths"),
+    (dict(train=np.zeros((5, 2)), train_lengths=[2, 2]), "train_lengths sums to 4, expected 5"),
+    (dict(train=np.zeros(5)), "train has shape (5,) and dtype float64"),
+    (dict(train=np.zeros((2, 3, 88), np.uint8)), "save 0/1 features as bool"),
+    (dict(train=np.zeros((2, 3), "U1")), "train has dtype <U1"),
+    (dict(train=np.zeros((0, 3, 2))), "expected N >= 1"),
+    (dict(train_length=[3, 3]), "unexpected arrays ['train_length']"),
+])
+def test_npz_errors_name_the_file_and_the_key(tmp_path, arrays, match):
+    assert "bad.npz" in user_error(load_npz, bad_npz(tmp_path, **arrays), match=match)
+
+
+def test_npz_token_and_file_errors(tmp_path):
+    np.savez(tmp_path / "neg.npz", train=np.array([[1, -2]]), valid=np.array([[1]]), test=np.array([[1]]))
+    user_error(load_npz, tmp_path / "neg.npz", match="neg.npz: train holds token id -2")
+    np.savez(tmp_path / "some.npz", train=np.zeros((1, 1, 1)))
+    user_error(load_npz, tmp_path / "some.npz", match="missing valid, test")
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    user_error(load_npz, tmp_path / "one.npy", match="one.npy: holds a single array (.npy)")
+    np.save(tmp_path / "obj.npy", np.array([None]), allow_pickle=True)
+    user_error(load_npz, tmp_path / "obj.npy", match="obj.npy: holds pickled data")
+    (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not really")
+    user_error(load_npz, tmp_path / "junk.npz", match="junk.npz: not a readable .npz file")
+    user_error(load_npz, tmp_path / "missing.npz", match="missing.npz: no such file")
