@@ -9,6 +9,7 @@ import pytest
 
 from gatedrnn.data.arrays import load_npz
 from gatedrnn.data.midi import load_midi_dir, read_midi, write_midi
+from gatedrnn.data.text import UNK, load_text
 from gatedrnn.errors import UserError
 
 SPLITS = ("train", "valid", "test")
@@ -333,3 +334,43 @@ def test_npz_token_and_file_errors(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not really")
     user_error(load_npz, tmp_path / "junk.npz", match="junk.npz: not a readable .npz file")
     user_error(load_npz, tmp_path / "missing.npz", match="missing.npz: no such file")
+
+
+# ---- text ----
+
+def test_load_text_splits_vocabulary_and_unknowns(tmp_path):
+    text = "ab cab ba" * 20 + "abcé€ab  z" + "cab😀x cab😀"              # 180 + 10 + 10
+    assert len(text) == 200
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    splits, vocab = load_text(tmp_path / "t.txt", chunk_length=64)
+    assert vocab == [UNK, " ", "a", "b", "c"] and UNK == "\ufffd"
+    assert [len(s) for s in splits["train"]] == [64, 64, 52]
+    assert [len(s) for s in splits["valid"]] == [10] and [len(s) for s in splits["test"]] == [10]
+    assert splits["valid"][0].tolist() == [2, 3, 4, 0, 0, 2, 3, 1, 1, 0]
+    decode = lambda seqs: "".join(vocab[i] for s in seqs for i in s.tolist())
+    assert decode(splits["train"]) == text[:180]
+    assert decode(splits["test"]) == "cab\ufffd\ufffd cab\ufffd"   # 😀 and x are not in training
+    assert all(s.dtype == np.int64 for v in splits.values() for s in v)
+    splits100, _ = load_text(tmp_path / "t.txt")
+    assert [len(s) for s in splits100["train"]] == [100, 80]
+
+
+def test_load_text_bom_and_replacement_character(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes("\ufeff".encode() + ("a\ufffdb" * 10).encode())
+    splits, vocab = load_text(path)
+    assert vocab == [UNK, "a", "b"]
+    assert splits["train"][0].tolist()[:4] == [1, 0, 2, 1]
+
+
+def test_load_text_errors(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("café au lait, crème brûlée".encode("latin-1"))
+    user_error(load_text, tmp_path / "latin1.txt", match="latin1.txt: not UTF-8 text (byte 0xe9 at offset 3)")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    user_error(load_text, tmp_path / "empty.txt", match="empty.txt: empty")
+    (tmp_path / "short.txt").write_text("x" * 19)
+    user_error(load_text, tmp_path / "short.txt", match="short.txt: 19 characters, expected at least 20")
+    (tmp_path / "ok.txt").write_text("x" * 20)
+    assert [sum(map(len, v)) for v in load_text(tmp_path / "ok.txt")[0].values()] == [18, 1, 1]
+    user_error(load_text, tmp_path / "ok.txt", chunk_length=0, match="chunk_length")
+    user_error(load_text, tmp_path / "nope.txt", match="nope.txt: file not found")
