@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from gatedrnn.cli import main
+from helpers import model_config, train_config
 
 TRAIN = ["train", "--dataset", "jsb", "--cell", "gru", "--hidden-size", "3", "--epochs", "1",
          "--batch-size", "64"]
@@ -161,12 +162,12 @@ def test_bad_input_gets_one_line_and_status_2(name, make_args, message, tmp_path
 @pytest.fixture(scope="module")
 def saved_run(tmp_path_factory):
     from gatedrnn.data.batching import music_examples
-    from gatedrnn.train import TrainConfig, train
+    from gatedrnn.train import train
     rng = np.random.default_rng(0)
     ex = {s: music_examples([(rng.random((4, 88)) < 0.1).astype(np.uint8) for _ in range(3)])
           for s in ("train", "valid", "test")}
     run = tmp_path_factory.mktemp("saved_run")
-    train(TrainConfig(hidden_size=3, epochs=1), run, ex, log=lambda s: None)
+    train(train_config(hidden_size=3, epochs=1), run, ex, log=lambda s: None)
     return run
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from gatedrnn.cells import CELLS, GRU, LSTM, TanhRNN, recurrent_params
+from gatedrnn.cells import CELLS, GRU, LSTM, UNITS, TanhRNN, count_parameters
 from gatedrnn.errors import UserError
 
 NAMES = list(CELLS)
@@ -125,16 +125,17 @@ def paper_reference(name, params, x, state):
 
 
 def numpy_params(unit):
-    return {k: v.detach().numpy().copy() for k, v in unit.named_parameters()}
+    """Layer 0's parameters by their names in the equations (weight_ih_l0 -> weight_ih)."""
+    return {k.removesuffix("_l0"): v.detach().numpy().copy() for k, v in unit.named_parameters()}
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_paper_parameters_have_documented_layout(name):
     unit = CELLS[name](I, H)
-    G = CELLS[name].gates
-    expected = {"weight_ih": (G * H, I), "weight_hh": (G * H, H), "bias": (G * H,)}
+    G = CELLS[name].input_blocks
+    expected = {"weight_ih_l0": (G * H, I), "weight_hh_l0": (G * H, H), "bias_l0": (G * H,)}
     if name == "lstm":
-        expected["peephole"] = (3, H)
+        expected["peephole_l0"] = (3, H)
     assert {k: tuple(p.shape) for k, p in unit.named_parameters()} == expected
 
 
@@ -213,9 +214,9 @@ def assert_same_results(reference, ours):
 
 def assert_same_grads(unit, module, rtol=1e-12, atol=1e-12):
     names = {n for n, _ in unit.named_parameters()}
-    assert names == {"weight_ih", "weight_hh", "bias_ih", "bias_hh"}
+    assert names == {n for n, _ in module.named_parameters()}
     for n, p in unit.named_parameters():
-        q = getattr(module, n + "_l0")
+        q = getattr(module, n)
         assert p.grad is not None and q.grad is not None
         torch.testing.assert_close(p.grad, q.grad, rtol=rtol, atol=atol)
 
@@ -226,7 +227,7 @@ def test_from_torch_matches_torch_nn_values_and_grads(name, batch_first):
     module = torch_module(name, batch_first)
     unit = CELLS[name].from_torch(module)
     assert type(unit) is CELLS[name] and unit.variant == "torch"
-    assert unit.batch_first == batch_first and unit.weight_ih.dtype == torch.float64
+    assert unit.batch_first == batch_first and unit.weight_ih_l0.dtype == torch.float64
     shape = (B, T, I) if batch_first else (T, B, I)
     results = []
     for m in (module, unit):
@@ -248,10 +249,9 @@ def test_to_torch_round_trips_exactly(name, batch_first):
     assert (module.num_layers, module.bidirectional, module.batch_first) == (1, False, batch_first)
     if name == "tanh":
         assert module.nonlinearity == "tanh"
-    assert {n for n, _ in module.named_parameters()} == {
-        n + "_l0" for n, _ in unit.named_parameters()}
+    assert {n for n, _ in module.named_parameters()} == {n for n, _ in unit.named_parameters()}
     for n, p in unit.named_parameters():
-        q = getattr(module, n + "_l0")
+        q = getattr(module, n)
         assert q.dtype == torch.float64
         assert torch.equal(p, q)
     back = CELLS[name].from_torch(module)
@@ -518,8 +518,8 @@ def count(module):
 ])
 def test_table1_parameter_counts(name, inputs, hidden, expected):
     assert count(CELLS[name](inputs, hidden)) == expected
-    assert recurrent_params(name, inputs, hidden) == expected
-    assert recurrent_params(name, inputs, hidden, "paper") == expected
+    assert count_parameters(CELLS[name], inputs, hidden) == expected
+    assert count_parameters(CELLS[name], inputs, hidden, "paper") == expected
 
 
 @pytest.mark.parametrize("inputs, hidden", [(1, 1), (20, 7), (88, 36), (3, 100)])
@@ -527,7 +527,7 @@ def test_table1_parameter_counts(name, inputs, hidden, expected):
 @pytest.mark.parametrize("name", NAMES)
 def test_recurrent_params_agrees_with_modules(name, variant, inputs, hidden):
     n = count(CELLS[name](inputs, hidden, variant=variant))
-    assert recurrent_params(name, inputs, hidden, variant) == n
+    assert count_parameters(CELLS[name], inputs, hidden, variant) == n
     if variant == "torch":  # the torch variant has exactly torch.nn's parameters
         assert n == count(torch_module(name, input_size=inputs, hidden_size=hidden))
 
@@ -540,11 +540,11 @@ def test_paper_init(name, variant):
     torch.manual_seed(0)
     Hi, Ii = 16, 24
     unit = CELLS[name](Ii, Hi, variant=variant, init="paper")
-    w = unit.weight_ih
+    w = unit.weight_ih_l0
     assert w.abs().max() <= 0.1
     assert w.abs().max() > 0.09 and w.std() > 0.04    # spread over the interval, not all near 0
-    blocks = unit.weight_hh.split(Hi, 0)
-    assert len(blocks) == CELLS[name].gates
+    blocks = unit.weight_hh_l0.split(Hi, 0)
+    assert len(blocks) == CELLS[name].recurrent_blocks
     eye = torch.eye(Hi)
     for q in blocks:
         torch.testing.assert_close(q.T @ q, eye, rtol=0, atol=1e-5)
@@ -568,7 +568,7 @@ def test_torch_init(name, variant):
     everything = torch.cat([p.flatten() for p in unit.parameters()])
     assert everything.abs().max() > 0.95 * k
     assert abs(everything.std().item() - k / math.sqrt(3)) < 0.1 * k   # U(-k, k) has std k/sqrt(3)
-    q = unit.weight_hh[:Hi]
+    q = unit.weight_hh_l0[:Hi]
     assert not torch.allclose(q.T @ q, torch.eye(Hi), atol=1e-2)     # not the paper's orthogonal
 
 
@@ -576,9 +576,9 @@ def test_reset_parameters_redraws_paper_init():
     torch.manual_seed(0)
     unit = make("gru", "paper", seed=130)                          # random, nonzero biases
     unit.reset_parameters()
-    assert torch.count_nonzero(unit.bias) == 0
-    assert unit.weight_ih.abs().max() <= 0.1
-    q = unit.weight_hh[:H]
+    assert torch.count_nonzero(unit.bias_l0) == 0
+    assert unit.weight_ih_l0.abs().max() <= 0.1
+    q = unit.weight_hh_l0[:H]
     torch.testing.assert_close(q.T @ q, torch.eye(H, dtype=q.dtype), rtol=0, atol=1e-6)
 
 
@@ -621,8 +621,8 @@ def test_weight_noise_is_one_gaussian_draw_on_W_and_U(name, variant):
     fixed = make(name, variant, seed=150)   # built first: its init draws from the global RNG
     torch.manual_seed(1234)
     with torch.no_grad():
-        fixed.weight_ih += s * torch.randn_like(fixed.weight_ih)
-        fixed.weight_hh += s * torch.randn_like(fixed.weight_hh)
+        fixed.weight_ih_l0 += s * torch.randn_like(fixed.weight_ih_l0)
+        fixed.weight_hh_l0 += s * torch.randn_like(fixed.weight_hh_l0)
     r_out, r_final, r_gx, r_gs, r_grads = run_with_grads(fixed, x, state, 153)
     torch.testing.assert_close(out, r_out, **TIGHT)
     for a, b in zip(final, r_final):
@@ -642,25 +642,35 @@ def _lstm_state_not_tuple():
 
 ERRORS = [
     ("bad variant", lambda: GRU(I, H, variant="cudnn"),
-     r"variant must be one of paper, torch, got 'cudnn'"),
+     r"GRU: variant must be one of paper, torch, got 'cudnn'"),
     ("bad init", lambda: LSTM(I, H, init="xavier"), r"init must be one of paper, torch, got 'xavier'"),
     ("bad hidden size", lambda: TanhRNN(I, 0), r"hidden_size must be a positive integer, got 0"),
     ("bad input size", lambda: GRU(2.5, H), r"input_size must be a positive integer, got 2.5"),
     ("negative noise", lambda: GRU(I, H, weight_noise=-0.1), r"weight_noise must be a number >= 0, got -0.1"),
+    ("dropout 1", lambda: GRU(I, H, 2, dropout=1.0), r"GRU: dropout must be a number in \[0, 1\), got 1.0"),
+    ("layers 0", lambda: LSTM(I, H, 0), r"LSTM: num_layers must be a positive integer, got 0"),
+    ("bidirectional with holes", lambda: GRU(I, H, bidirectional=True)(
+        torch.randn(T, B, I), mask=(torch.arange(T).unsqueeze(1) != 1).expand(T, B)),  # a hole
+     r"a bidirectional unit needs lengths"),
+    ("wrong state layers", lambda: GRU(I, H, 2)(torch.randn(T, B, I), torch.randn(1, B, H)),
+     rf"GRU: expected state of shape \(2, {B}, {H}\), got \(1, {B}, {H}\)"),
+    ("packed and lengths", lambda: GRU(I, H)(nn.utils.rnn.pack_sequence([torch.randn(3, I)]),
+                                            lengths=[3]),
+     r"a PackedSequence carries its lengths"),
     ("wrong input size", lambda: GRU(I, H)(torch.randn(T, B, I + 1)),
      rf"GRU: expected input size {I}, got {I + 1}"),
     ("4-D input", lambda: TanhRNN(I, H)(torch.randn(T, B, I, 1)),
      r"TanhRNN: input must be 3-D \(T, B, I\) or 2-D \(T, I\), got shape \(5, 3, 4, 1\)"),
     ("wrong state batch", lambda: GRU(I, H)(torch.randn(T, B, I), torch.randn(1, B + 1, H)),
-     rf"GRU: expected state of shape \(1, {B}, {H}\) or \({B}, {H}\), got \({B + 1}, {H}\)"),
+     rf"GRU: expected state of shape \(1, {B}, {H}\) or \({B}, {H}\), got \(1, {B + 1}, {H}\)"),
     ("wrong state size", lambda: TanhRNN(I, H)(torch.randn(T, B, I), torch.randn(1, B, H + 1)),
-     rf"TanhRNN: expected state of shape \(1, {B}, {H}\) or \({B}, {H}\), got \({B}, {H + 1}\)"),
+     rf"TanhRNN: expected state of shape \(1, {B}, {H}\) or \({B}, {H}\), got \(1, {B}, {H + 1}\)"),
     ("wrong cell state", lambda: LSTM(I, H)(torch.randn(T, B, I),
                                             (torch.randn(1, B, H), torch.randn(1, B, H + 1))),
      rf"LSTM: expected state of shape \(1, {B}, {H}\)"),
-    ("LSTM state not a tuple", _lstm_state_not_tuple, r"LSTM: state must be a tuple \(h, c\)"),
+    ("LSTM state not a tuple", _lstm_state_not_tuple, r"LSTM: state must be a tuple of 2 tensors \(h, c\)"),
     ("LSTM state stacked", lambda: LSTM(I, H)(torch.randn(T, B, I), torch.randn(2, B, H)),
-     r"LSTM: state must be a tuple \(h, c\)"),
+     r"LSTM: state must be a tuple of 2 tensors \(h, c\)"),
     ("unbatched state shape", lambda: GRU(I, H)(torch.randn(T, I), torch.randn(2, H)),
      rf"GRU: expected state of shape \(1, {H}\), got \(2, {H}\)"),
     ("fractional lengths", lambda: GRU(I, H)(torch.randn(T, B, I), lengths=torch.tensor([2.5, 1.0, 1.0])),
@@ -682,12 +692,6 @@ ERRORS = [
     ("mask shape batch_first", lambda: GRU(I, H, batch_first=True)(
         torch.randn(B, T, I), mask=torch.ones(T, B, dtype=torch.bool)),
      rf"mask must have shape \({B}, {T}\)"),
-    ("from_torch 2 layers", lambda: GRU.from_torch(nn.GRU(I, H, num_layers=2)),
-     r"GRU.from_torch supports one unidirectional layer"),
-    ("from_torch bidirectional", lambda: LSTM.from_torch(nn.LSTM(I, H, bidirectional=True)),
-     r"LSTM.from_torch supports one unidirectional layer"),
-    ("from_torch no bias", lambda: TanhRNN.from_torch(nn.RNN(I, H, bias=False)),
-     r"with biases"),
     ("from_torch wrong class", lambda: GRU.from_torch(nn.LSTM(I, H)),
      r"GRU.from_torch expects torch.nn.GRU, got LSTM"),
     ("from_torch not a module", lambda: LSTM.from_torch(nn.Linear(I, H)),
@@ -697,9 +701,9 @@ ERRORS = [
     ("from_torch proj_size", lambda: LSTM.from_torch(nn.LSTM(I, H, proj_size=2)),
      r"LSTM.from_torch does not support proj_size"),
     ("to_torch paper GRU", lambda: GRU(I, H).to_torch(),
-     r"to_torch needs variant='torch'; the paper's GRU has no torch.nn equivalent"),
+     r"to_torch needs variant='torch'; the paper GRU has no torch.nn equivalent"),
     ("to_torch paper LSTM", lambda: LSTM(I, H, variant="paper").to_torch(),
-     r"to_torch needs variant='torch'; the paper's LSTM"),
+     r"to_torch needs variant='torch'; the paper LSTM"),
 ]
 
 
@@ -718,7 +722,8 @@ def test_user_error_is_a_value_error():
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_registry(variant):
     assert CELLS == {"tanh": TanhRNN, "gru": GRU, "lstm": LSTM}
-    assert {n: c.gates for n, c in CELLS.items()} == {"tanh": 1, "gru": 3, "lstm": 4}
+    assert set(UNITS) == {"tanh", "gru", "lstm", "mut1", "mgu", "mingru", "minlstm", "cifg"}
+    assert {n: c.input_blocks for n, c in CELLS.items()} == {"tanh": 1, "gru": 3, "lstm": 4}
     assert {n: c.torch_class for n, c in CELLS.items()} == {
         "tanh": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
     for name, cls in CELLS.items():

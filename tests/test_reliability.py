@@ -21,7 +21,8 @@ import gatedrnn.train as train_module
 from gatedrnn import rundir
 from gatedrnn.cli import main
 from gatedrnn.errors import UserError
-from gatedrnn.train import NonFiniteLoss, TrainConfig, train
+from gatedrnn.train import NonFiniteLoss, train
+from helpers import model_config, train_config
 
 EPOCHS = 8
 ARGS = ["train", "--dataset", "jsb", "--cell", "gru", "--hidden-size", "4", "--batch-size", "8",
@@ -29,7 +30,7 @@ ARGS = ["train", "--dataset", "jsb", "--cell", "gru", "--hidden-size", "4", "--b
 
 
 def config(data_dir, **changes):
-    return TrainConfig(**{"dataset": "jsb", "cell": "gru", "hidden_size": 4, "batch_size": 8,
+    return train_config(**{"dataset": "jsb", "cell": "gru", "hidden_size": 4, "batch_size": 8,
                           "epochs": EPOCHS, "seed": 3, "deterministic": True,
                           "data_dir": str(data_dir), **changes})
 
@@ -205,10 +206,10 @@ def test_resume_of_a_finished_run_changes_nothing(tiny_jsb, reference, tmp_path)
 def test_compare_resume_continues_each_unit(tiny_jsb, tmp_path):
     from gatedrnn.train import compare
     base = config(tiny_jsb, epochs=2)
-    first = compare(base, tmp_path, cells=("tanh",), log=lambda s: None)
+    first = compare(base, tmp_path, cells=("tanh",), log=lambda s: None)["jsb"]
     with pytest.raises(UserError, match="already holds a run"):
         compare(base, tmp_path, cells=("tanh",), log=lambda s: None)
-    again = compare(base, tmp_path, cells=("tanh", "gru"), log=lambda s: None, resume=True)
+    again = compare(base, tmp_path, cells=("tanh", "gru"), log=lambda s: None, resume=True)["jsb"]
     assert without_seconds(again["tanh"]) == without_seconds(first["tanh"])
     assert again["gru"]["epochs"] == 2                     # not started before: started now
 
@@ -223,7 +224,7 @@ def test_existing_run_is_refused_without_resume(tiny_jsb, reference):
 
 def test_resume_with_different_settings_names_the_keys(tiny_jsb, reference):
     with pytest.raises(UserError, match=r"config.json: --resume with different settings: "
-                       r"hidden_size \(saved 4, given 5\), lr \(saved 0.001, given 0.01\)"):
+                       r"lr \(saved 0.001, given 0.01\), model.hidden_size \(saved 4, given 5\)"):
         train(config(tiny_jsb, hidden_size=5, lr=0.01), reference[0], resume=True)
 
 

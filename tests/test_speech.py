@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from gatedrnn.cells import recurrent_params
+from gatedrnn.cells import UNITS, count_parameters
 from gatedrnn.data import SPEECH_TASK, load_data, task_of
 from gatedrnn.data.batching import pad
 from gatedrnn.data.fetch import FSDD_DIGEST, fetch_fsdd
@@ -21,8 +21,9 @@ from gatedrnn.data.speech import (LONG_STEPS, Normalization, fit_normalization, 
                                   speech_examples)
 from gatedrnn.errors import UserError
 from gatedrnn.heads import MixtureGaussianHead
-from gatedrnn.model import ModelConfig, SequenceModel
-from gatedrnn.train import TrainConfig, evaluate_run, train
+from gatedrnn.model import SequenceModel
+from gatedrnn.train import evaluate_run, train
+from helpers import model_config, train_config
 
 
 def write_wav(path, samples, rate=8000, width=2, channels=1):
@@ -63,14 +64,14 @@ def test_normalisation_uses_training_statistics_only(tmp_path):
     data = load_data(f"wav:{tmp_path}")
     train_waves = [read_wav(tmp_path / f"{i:02d}.wav") for i in range(20) if i % 10 >= 2]
     x = np.concatenate(train_waves).astype(np.float64)
-    assert data.normalization == pytest.approx({"mean": x.mean(), "std": x.std()})
+    assert data.info["normalization"] == pytest.approx({"mean": x.mean(), "std": x.std()})
     assert len(data.examples["test"]) == 2 and len(data.examples["valid"]) == 2
     # the loud test files stay loud: they were scaled by the training statistics
     test_std = torch.cat([t.reshape(-1) for _, t in data.examples["test"]]).std().item()
     assert test_std > 10
     # a saved normalisation is applied again as given
-    again = load_data(f"wav:{tmp_path}", normalization={"mean": 0.0, "std": 1.0})
-    assert again.normalization == {"mean": 0.0, "std": 1.0}
+    again = load_data(f"wav:{tmp_path}", info={"normalization": {"mean": 0.0, "std": 1.0}})
+    assert again.info["normalization"] == {"mean": 0.0, "std": 1.0}
 
 
 def test_silent_training_audio_is_refused():
@@ -180,17 +181,16 @@ def test_mixture_is_finite_on_silence_and_clipping(target):
 
 @pytest.mark.parametrize("cell, count", [("tanh", 168_400), ("gru", 168_888), ("lstm", 169_065)])
 def test_speech_models_have_table1_sizes(cell, count):
-    config = TrainConfig(dataset="fsdd", cell=cell)
-    mc = config.model_config()
+    mc = model_config(SPEECH_TASK, cell=cell)
     assert (mc.input_size, mc.output_size, mc.head) == (20, 10, "gmm")
     model = SequenceModel(mc)
-    assert model.recurrent_params() == count == recurrent_params(cell, 20, mc.hidden_size)
+    assert model.recurrent_params() == count == count_parameters(UNITS[cell], 20, mc.hidden_size)
     assert model.num_params() == count + mc.hidden_size * 420 + 420   # 20 x (1 + 2 x 10) outputs
 
 
 def test_chunks_carry_state_exactly():
     torch.manual_seed(0)
-    model = SequenceModel(ModelConfig(cell="lstm", hidden_size=6, input_size=20, output_size=10,
+    model = SequenceModel(model_config(cell="lstm", hidden_size=6, input_size=20, output_size=10,
                                       head="gmm", components=3)).eval()
     waves = [np.random.default_rng(i).normal(0, 1, n) for i, n in enumerate((700, 430, 290))]
     batch = pad(speech_examples(waves, Normalization(0.0, 1.0)))
@@ -219,11 +219,11 @@ def sine_dir(tmp_path, n=12):
 @pytest.mark.parametrize("tbptt", [None, 8])
 def test_short_speech_training_run(tmp_path, tbptt):
     data_dir = sine_dir(tmp_path / "wavs")
-    config = TrainConfig(dataset=f"wav:{data_dir}", cell="gru", hidden_size=8, components=3,
+    config = train_config(dataset=f"wav:{data_dir}", cell="gru", hidden_size=8, components=3,
                          epochs=4, batch_size=4, lr=3e-3, tbptt=tbptt)
     m = train(config, tmp_path / "run", log=lambda s: None)
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert set(saved["normalization"]) == {"mean", "std"}
+    assert set(saved["data"]["normalization"]) == {"mean", "std"}
     assert m["test_nll_per_sample"] == pytest.approx(m["test_nll"] / 10)
     base = m["baseline_iid_gaussian_per_sample"]
     assert base["test"] > 0.5                            # a Gaussian fits noisy sines poorly

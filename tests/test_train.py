@@ -11,9 +11,10 @@ from safetensors.torch import load_file
 from gatedrnn import rundir
 from gatedrnn.data.batching import length_sorted_batches, music_examples, pad
 from gatedrnn.heads import BernoulliHead
-from gatedrnn.model import ModelConfig, SequenceModel
-from gatedrnn.train import (PaperRMSprop, TrainConfig, evaluate, evaluate_run, load_run, lr_at,
+from gatedrnn.model import SequenceModel
+from gatedrnn.train import (PaperRMSprop, evaluate, evaluate_run, load_run, lr_at,
                             train, train_step)
+from helpers import model_config, train_config
 
 
 def random_rolls(n, rng, lo=3, hi=12, density=0.1):
@@ -40,7 +41,7 @@ def test_bernoulli_nll_hand_values():
 
 
 def test_untrained_output_at_zero_logits_is_88_ln2_per_step():
-    model = SequenceModel(ModelConfig(cell="gru", hidden_size=4))
+    model = SequenceModel(model_config(cell="gru", hidden_size=4))
     with torch.no_grad():
         model.head.proj.weight.zero_()
         model.head.proj.bias.zero_()
@@ -60,7 +61,7 @@ def test_music_examples_shift_by_one_step():
 
 
 def test_evaluate_is_nll_over_all_steps_and_padding_free(tiny_examples):
-    model = SequenceModel(ModelConfig(cell="lstm", hidden_size=5))
+    model = SequenceModel(model_config(cell="lstm", hidden_size=5)).eval()
     ex = tiny_examples["valid"]
     by_one = [model.step_nll(b.inputs, b.targets, b.lengths).sum().item()
               for b in length_sorted_batches(ex, 1)]
@@ -88,7 +89,7 @@ def test_paper_rmsprop_matches_hand_computation():
 
 
 def test_learning_rate_decays_linearly_to_one_percent():
-    c = TrainConfig(lr=0.02, epochs=500)
+    c = train_config(lr=0.02, epochs=500)
     assert lr_at(c, 1) == pytest.approx(0.02)
     assert lr_at(c, 500) == pytest.approx(0.0002)
     assert lr_at(c, 250) == pytest.approx(0.02 * (1 - 0.99 * 249 / 499))
@@ -96,26 +97,26 @@ def test_learning_rate_decays_linearly_to_one_percent():
 
 @pytest.mark.parametrize("cell", ["tanh", "gru", "lstm"])
 def test_train_step_changes_every_parameter(cell, tiny_examples):
-    model = SequenceModel(ModelConfig(cell=cell, hidden_size=6, weight_noise=0.075))
+    model = SequenceModel(model_config(cell=cell, hidden_size=6, weight_noise=0.075))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = PaperRMSprop(model.parameters(), lr=1e-3)
     batch = pad(tiny_examples["train"][:4])
-    loss, _ = train_step(model, opt, batch, clip_norm=1.0)
+    loss, _ = train_step(model, opt, batch, train_config(clip_norm=1.0))
     assert math.isfinite(loss)
     for name, value in model.state_dict().items():
         assert not torch.equal(value, before[name]), f"{name} did not change"
 
 
 def test_gradient_norm_is_rescaled_to_one(tiny_examples):
-    model = SequenceModel(ModelConfig(cell="gru", hidden_size=6))
+    model = SequenceModel(model_config(cell="gru", hidden_size=6))
     opt = torch.optim.SGD(model.parameters(), lr=0.0)           # lr 0: inspect the gradient
-    train_step(model, opt, pad(tiny_examples["train"][:4]), clip_norm=1e-3)
+    train_step(model, opt, pad(tiny_examples["train"][:4]), train_config(clip_norm=1e-3))
     norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))
     assert norm.item() == pytest.approx(1e-3, rel=1e-4)
 
 
 def test_weight_noise_only_while_training(tiny_examples):
-    model = SequenceModel(ModelConfig(cell="gru", hidden_size=6, weight_noise=0.5))
+    model = SequenceModel(model_config(cell="gru", hidden_size=6, weight_noise=0.5))
     batches = length_sorted_batches(tiny_examples["valid"], 4)
     assert evaluate(model, batches) == evaluate(model, batches)
     model.train()
@@ -127,7 +128,7 @@ def test_weight_noise_only_while_training(tiny_examples):
 
 
 def test_train_writes_run_directory_and_eval_reproduces_it(tmp_path, tiny_examples):
-    config = TrainConfig(cell="lstm", hidden_size=8, epochs=4, batch_size=3, lr=3e-3)
+    config = train_config(cell="lstm", hidden_size=8, epochs=4, batch_size=3, lr=3e-3)
     metrics = train(config, tmp_path, tiny_examples, log=lambda s: None)
     for name in ("config.json", "metrics.json", "curves.csv", "model.safetensors"):
         assert (tmp_path / name).is_file()
@@ -146,8 +147,8 @@ def test_train_writes_run_directory_and_eval_reproduces_it(tmp_path, tiny_exampl
     assert float(best["valid_nll"]) == pytest.approx(saved["valid_nll"])
     # the best model is a plain safetensors file that rebuilds the same model
     state = load_file(str(tmp_path / "model.safetensors"))
-    assert set(state) == set(SequenceModel(config.model_config()).state_dict())
-    _, model = load_run(tmp_path)
+    assert set(state) == set(SequenceModel(model_config(cell="lstm", hidden_size=8)).state_dict())
+    _, model, _ = load_run(tmp_path)
     fixed = {s: length_sorted_batches(e, 64) for s, e in tiny_examples.items()}
     assert evaluate(model, fixed["test"])["nll"] == pytest.approx(saved["test_nll"], rel=1e-9)
     assert evaluate(model, fixed["valid"])["nll"] == pytest.approx(saved["valid_nll"], rel=1e-9)
@@ -163,7 +164,7 @@ def test_training_lowers_validation_nll(tmp_path):
         rolls.append(r)
     ex = {"train": music_examples(rolls[:12]), "valid": music_examples(rolls[12:16]),
           "test": music_examples(rolls[16:])}
-    m = train(TrainConfig(cell="gru", hidden_size=8, epochs=30, batch_size=4, lr=1e-2),
+    m = train(train_config(cell="gru", hidden_size=8, epochs=30, batch_size=4, lr=1e-2),
               tmp_path, ex, log=lambda s: None)
     rows = list(csv.DictReader((tmp_path / "curves.csv").open()))
     assert m["valid_nll"] < 0.25 * float(rows[0]["valid_nll"])
@@ -172,7 +173,7 @@ def test_training_lowers_validation_nll(tmp_path):
 
 def test_early_stopping_keeps_the_best_epoch(tmp_path, tiny_examples):
     # a learning rate this large makes validation NLL worse after the first epochs
-    config = TrainConfig(cell="tanh", hidden_size=4, epochs=50, batch_size=2, lr=1.0, patience=2)
+    config = train_config(cell="tanh", hidden_size=4, epochs=50, batch_size=2, lr=1.0, patience=2)
     m = train(config, tmp_path, tiny_examples, log=lambda s: None)
     assert m["epochs"] == m["best_epoch"] + 2
     rows = list(csv.DictReader((tmp_path / "curves.csv").open()))
@@ -181,7 +182,7 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path, tiny_examples):
 
 
 def test_same_seed_same_metrics(tmp_path, tiny_examples):
-    config = TrainConfig(cell="gru", hidden_size=5, epochs=2, batch_size=4)
+    config = train_config(cell="gru", hidden_size=5, epochs=2, batch_size=4)
     a = train(config, tmp_path / "a", tiny_examples, log=lambda s: None)
     b = train(config, tmp_path / "b", tiny_examples, log=lambda s: None)
     a.pop("seconds"), b.pop("seconds")
@@ -195,7 +196,7 @@ def test_result_files_refuse_nan(tmp_path):
 
 
 def test_eval_run_on_real_data(tmp_path, polyphonic_dir):
-    config = TrainConfig(dataset="jsb", cell="gru", epochs=1, batch_size=64,
+    config = train_config(dataset="jsb", cell="gru", epochs=1, batch_size=64,
                          data_dir=str(polyphonic_dir))
     m = train(config, tmp_path, log=lambda s: None)
     assert 20 < m["test_nll"] < 88 * math.log(2)                  # better than uniform, 1 epoch
@@ -209,10 +210,10 @@ def test_eval_run_on_real_data(tmp_path, polyphonic_dir):
     ({"cell": "rnn"}, "unknown unit 'rnn'"),
     ({"variant": "keras"}, "unknown variant"),
     ({"lr": -1.0}, "lr must be a positive number"),
-    ({"epochs": 0}, "epochs must be a positive number"),
-    ({"momentum": 1.5}, "momentum must lie in"),
+    ({"epochs": 0}, "epochs must be a positive integer"),
+    ({"momentum": 1.5}, r"momentum must be a number in \[0, 1\)"),
 ])
 def test_bad_config_is_a_user_error(bad, match):
     from gatedrnn.errors import UserError
     with pytest.raises(UserError, match=match):
-        TrainConfig(**bad)
+        train_config(**bad)

@@ -4,8 +4,9 @@ User mistakes print one line, `gatedrnn: error: ...`, and exit with status 2.
 """
 import argparse
 import json
+import os
 import sys
-from dataclasses import fields
+import typing
 from pathlib import Path
 
 from .errors import UserError
@@ -18,54 +19,63 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def add_train_options(p, defaults, sweep=False):
-    """The TrainConfig options; ``sweep``: without --dataset, --variant and --lr (swept)."""
-    from .train import TrainConfig
-    d = {f.name: f.default for f in fields(TrainConfig)} | defaults
-    from .data import dataset_names
-    if not sweep:
-        p.add_argument("--dataset", default="jsb", help=" | ".join(dataset_names()))
-        p.add_argument("--variant", default=d["variant"], help="paper (default) | torch")
-    p.add_argument("--backend", default=d["backend"], help="fast (default: numba kernels on "
-                   "the CPU) | reference (the readable loop of cells.py)")
-    p.add_argument("--hidden-size", type=int, default=d["hidden_size"],
-                   help="units (default: Table 1 size)")
-    if not sweep:
-        p.add_argument("--lr", type=float, default=d["lr"], help=f"learning rate (default {d['lr']})")
-    p.add_argument("--epochs", type=int, default=d["epochs"], help=f"at most (default {d['epochs']})")
-    p.add_argument("--batch-size", type=int, default=d["batch_size"],
-                   help=f"sequences per update, length-sorted (default {d['batch_size']})")
-    p.add_argument("--patience", type=int, default=d["patience"],
-                   help="stop after this many epochs without a better validation NLL")
-    p.add_argument("--weight-noise", type=float, default=d["weight_noise"],
-                   help=f"std on W and U while training (default {d['weight_noise']})")
-    p.add_argument("--tbptt", type=int, default=d["tbptt"],
-                   help="truncated backpropagation through time: an update every N steps, "
-                   "the state carried across (for long sequences; default off)")
-    p.add_argument("--components", type=int, default=d["components"],
-                   help=f"speech: Gaussians in the output mixture (default {d['components']})")
-    p.add_argument("--sample-rate", type=int, default=d["sample_rate"],
-                   help=f"speech wav:DIR: resample files to this rate (default {d['sample_rate']} Hz)")
-    p.add_argument("--seed", type=int, default=d["seed"])
-    p.add_argument("--deterministic", action="store_true",
-                   help="torch.use_deterministic_algorithms and one thread: the same seed gives "
-                   "bit-identical results")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the interrupted run in the run directory (same arguments)")
-    p.add_argument("--data-dir", help="directory holding the dataset files (music: the .mat or "
-                   ".pickle files; fsdd: the directory holding recordings/; default: "
-                   "$GATEDRNN_DATA_DIR, else the download cache)")
+def _value_parser(kind, optional):
+    """argparse's type for a field of type ``kind`` (int, float, str), None-able: "none"."""
+    def parse(text):
+        if optional and text.lower() == "none":
+            return None
+        return kind(text)
+    parse.__name__ = kind.__name__                   # argparse names it in its messages
+    return parse
 
 
-def train_config(args, **extra):
-    from .train import TrainConfig
-    return TrainConfig(dataset=args.dataset, variant=args.variant, backend=args.backend,
-                       hidden_size=args.hidden_size,
-                       lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
-                       patience=args.patience, weight_noise=args.weight_noise, seed=args.seed,
-                       tbptt=args.tbptt, components=args.components, sample_rate=args.sample_rate,
-                       data_dir=str(Path(args.data_dir).resolve()) if args.data_dir else None,
-                       deterministic=args.deterministic, **extra)
+def _field_type(f):
+    """(int | float | str | bool, optional) of a config field's annotation."""
+    args = typing.get_args(f.type)
+    kind = next((a for a in args if a is not type(None)), f.type) if args else f.type
+    return kind, type(None) in args
+
+
+def add_config_options(p, skip=(), defaults=None):
+    """Every setting of TrainConfig and its ModelConfig as an option (--name-with-dashes), with
+    the field's type, its default (or ``defaults``'), and its comment as help; ``skip``: fields
+    this command sets itself."""
+    from .config import ModelConfig, TrainConfig, field_help, nested_fields
+    helps = {**field_help(TrainConfig), **field_help(ModelConfig)}
+    defaults = defaults or {}
+    for path, f in nested_fields(TrainConfig):
+        name = path[-1]
+        if name in skip:
+            continue
+        default = defaults.get(name, f.default_factory() if callable(f.default_factory) else f.default)
+        kind, optional = _field_type(f)
+        option = "--" + name.replace("_", "-")
+        text = helps.get(name, "").replace("%", "%%")
+        if kind is bool:
+            p.add_argument(option, action=argparse.BooleanOptionalAction, default=default,
+                           help=text)
+        else:
+            shown = "" if "default" in text else f" (default: {default})"
+            p.add_argument(option, type=_value_parser(kind, optional), default=default,
+                           metavar=name.upper(), help=text + shown)
+
+
+def config_from_args(args, **fixed):
+    """The TrainConfig of parsed arguments; ``fixed``: fields the command sets itself."""
+    from .config import ModelConfig, TrainConfig, nested_fields
+    values = {"model": {}}
+    for path, f in nested_fields(TrainConfig):
+        name = path[-1]
+        value = fixed[name] if name in fixed else getattr(args, name, None)
+        if name not in fixed and not hasattr(args, name):
+            continue
+        (values["model"] if path[0] == "model" else values)[name] = value
+    if getattr(args, "hidden_size", None) is not None and getattr(args, "params", None) is not None:
+        raise UserError("give --hidden-size or --params, not both")
+    if values.get("data_dir"):
+        values["data_dir"] = str(Path(values["data_dir"]).resolve())
+    model = ModelConfig(**values.pop("model"))
+    return TrainConfig(model=model, **values)
 
 
 class Progress:
@@ -107,7 +117,7 @@ def exit_status(metrics):
 
 def cmd_train(args):
     from .train import train
-    config = train_config(args, cell=args.cell)
+    config = config_from_args(args)
     progress = Progress(config.epochs)
     try:
         metrics = train(config, args.run_dir, log=progress.log, progress=progress.update,
@@ -121,22 +131,26 @@ def cmd_train(args):
 def cmd_compare(args):
     from .report import compare_markdown
     from .train import compare
-    config = train_config(args)
-    out = Path(args.out or f"runs/compare-{args.dataset}")
+    datasets = args.datasets or [args.dataset]
+    config = config_from_args(args, dataset=datasets[0])
+    out = Path(args.out or "runs/compare")
     progress = Progress(config.epochs)
     try:
-        results = compare(config, out, cells=args.cells, log=progress.log,
+        results = compare(config, out, cells=args.cells, datasets=datasets, log=progress.log,
                           progress=progress.update, resume=args.resume)
     finally:
         progress.close()
-    stopped = [exit_status(m) for m in results.values() if exit_status(m)]
+    stopped = [exit_status(m) for by_cell in results.values() for m in by_cell.values()
+               if exit_status(m)]
     if stopped:
         print(f"stopped; continue with the same command and --resume (run directories in {out})")
         return stopped[0]
     from .report import PAPER_DATASET
-    paper = f"; the paper's columns are {PAPER_DATASET[args.dataset]}" if args.dataset in PAPER_DATASET else ""
-    print(f"\n{args.dataset}: NLL in nats per time step (run directories in {out}{paper})\n")
-    print(compare_markdown(args.dataset, results))
+    for dataset, by_cell in results.items():
+        paper = (f"; the paper's columns are {PAPER_DATASET[dataset]}"
+                 if dataset in PAPER_DATASET else "")
+        print(f"\n{dataset}: NLL in nats per time step (run directories in {out / dataset}{paper})\n")
+        print(compare_markdown(dataset, by_cell))
 
 
 def cmd_eval(args):
@@ -151,10 +165,15 @@ def cmd_eval(args):
 
 
 def cmd_params(args):
-    from .report import table1_markdown
+    from .report import table1_markdown, units_markdown
     print("Table 1: parameters (recurrent layer: one bias per gate block, LSTM with three diagonal "
           "peephole vectors; whole model adds the 88-way output layer)\n")
     print(table1_markdown())
+    sized = f"sized to {args.params:,} parameters" if args.params else \
+        "at Table 1's size (tanh, gru, lstm) or sized to Table 1's budget (the others)"
+    print(f"\nEvery registered unit, {sized}; recurrent layer at 88 (music) and 20 (speech) "
+          "inputs:\n")
+    print(units_markdown(args.params))
 
 
 def cmd_data_fetch(args):
@@ -204,19 +223,17 @@ def print_results(paths):
 
 
 def cmd_reproduce(args):
-    from dataclasses import asdict
-    from .sweep import SWEPT, SweepConfig, reproduce
-    args.dataset, args.variant, args.lr = args.datasets[0], args.variants[0], 1e-3
-    base = asdict(train_config(args))
-    options = {k: v for k, v in base.items() if k not in SWEPT}
-    config = SweepConfig(name=args.study, datasets=args.datasets, cells=args.cells,
-                         variants=args.variants, trials=args.trials, seeds=args.seeds,
-                         lr_range=tuple(args.lr_range), seed=args.seed, options=options)
+    from .sweep import SweepConfig, options_of, reproduce
+    config = config_from_args(args, dataset=args.datasets[0], cell=args.cells[0],
+                              variant=args.variants[0], lr=1e-3)
+    sweep = SweepConfig(name=args.study, datasets=args.datasets, cells=args.cells,
+                        variants=args.variants, trials=args.trials, seeds=args.seeds,
+                        lr_range=tuple(args.lr_range), seed=args.seed, options=options_of(config))
     if args.workers < 0:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
     progress = SweepProgress()
     try:
-        status, paths = reproduce(config, args.out, args.storage, args.workers,
+        status, paths = reproduce(sweep, args.out, args.storage, args.workers,
                                   args.heartbeat_interval, args.grace_period, args.data_dir,
                                   on_status=progress, poll=args.poll)
     finally:
@@ -268,23 +285,33 @@ def cmd_bench(args):
 
 
 def build_parser():
-    from .cells import CELLS
-    from .train import COMPARE_DEFAULTS
-    parser = Parser(prog="gatedrnn", description="Gated recurrent units on sequence modeling "
-                    "(Chung et al. 2014): train, evaluate and compare tanh, GRU and LSTM.")
+    from .cells import UNITS
+    from .train import COMPARE_DEFAULTS, PAPER_UNITS
+    from . import __version__
+    parser = Parser(prog="gatedrnn", description="Recurrent units on sequence modeling, after "
+                    "Chung et al. (2014): train, evaluate and compare tanh, GRU, LSTM and any "
+                    "other unit at equal parameter budgets.")
+    parser.add_argument("--version", action="version", version=f"gatedrnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("train", help="train one unit on one dataset")
-    p.add_argument("--cell", required=True, choices=list(CELLS))
-    add_train_options(p, {})
+    add_config_options(p)
     p.add_argument("--run-dir", required=True, help="where config, metrics, curves and model go")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in the run directory (same arguments)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("compare", help="train the three units at Table 1 sizes and print a table "
-                       "beside the paper's")
-    add_train_options(p, COMPARE_DEFAULTS)
-    p.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
-    p.add_argument("--out", help="root of the run directories (default runs/compare-DATASET)")
+    p = sub.add_parser("compare", help="train several units with the same settings (each at "
+                       "Table 1's size, or all sized to --params) and print tables beside the "
+                       "paper's")
+    add_config_options(p, skip=("cell",), defaults=COMPARE_DEFAULTS)
+    p.add_argument("--cells", nargs="+", default=list(PAPER_UNITS), metavar="CELL",
+                   help=f"units: {' | '.join(UNITS)} | module:Class (default: the paper's three)")
+    p.add_argument("--datasets", nargs="+", metavar="DATASET",
+                   help="several datasets, one after another (default: --dataset)")
+    p.add_argument("--out", help="root of the run directories, OUT/DATASET/CELL (default "
+                   "runs/compare)")
+    p.add_argument("--resume", action="store_true", help="continue each unit's interrupted run")
     p.set_defaults(func=cmd_compare)
 
     from .data import MUSIC
@@ -292,7 +319,8 @@ def build_parser():
     p = sub.add_parser("reproduce", help="Table 2 and Figures 2-3 with the paper's protocol: an lr "
                        "search, then seeds, on Optuna (local workers, or many machines)")
     p.add_argument("--datasets", nargs="+", default=list(MUSIC))
-    p.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
+    p.add_argument("--cells", nargs="+", default=list(PAPER_UNITS), metavar="CELL",
+                   help=f"units: {' | '.join(UNITS)} | module:Class (default: the paper's three)")
     p.add_argument("--variants", nargs="+", default=["paper"], help="paper | torch (default paper)")
     p.add_argument("--trials", type=int, default=10, help="learning rates per unit (default 10)")
     p.add_argument("--seeds", type=int, default=3, help="runs of the best lr (default 3)")
@@ -305,7 +333,7 @@ def build_parser():
                    "default: journal:OUT/optuna-journal.log")
     p.add_argument("--study", default="table2", help="sweep name in the storage (default table2)")
     p.add_argument("--out", default="results", help="results and run directories (default results)")
-    add_train_options(p, SWEEP_DEFAULTS, sweep=True)
+    add_config_options(p, skip=("dataset", "cell", "variant", "lr"), defaults=SWEEP_DEFAULTS)
     add_storage_options(p)
     p.add_argument("--poll", type=float, default=2.0,
                    help="seconds between looks at the sweep's status (default 2)")
@@ -331,12 +359,14 @@ def build_parser():
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("params", help="print Table 1 with our parameter counts")
+    p = sub.add_parser("params", help="print Table 1 with our parameter counts, and every "
+                       "registered unit's size at the budget")
+    p.add_argument("--params", type=int, help="size every unit to this many recurrent parameters")
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("bench", help="time our units against torch.nn's (forward + backward, "
                        "and a Nottingham training epoch)")
-    p.add_argument("--units", nargs="+", choices=list(CELLS), default=list(CELLS))
+    p.add_argument("--units", nargs="+", choices=list(UNITS), default=list(PAPER_UNITS))
     from .bench import TASKS
     p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS),
                    help="Table 1 sizes: music (88 inputs, piano rolls), music-dense (88 random "
@@ -358,21 +388,11 @@ def build_parser():
     return parser
 
 
-def set_threads():
-    """Torch threads: $GATEDRNN_THREADS, default 1. The paper's models are tiny, and on a few
-    cores one thread is faster than several (intra-op threads cost more than they share)."""
-    import os
-    import torch
-    value = os.environ.get("GATEDRNN_THREADS", "1")
-    if not value.isdigit() or int(value) < 1:
-        raise UserError(f"GATEDRNN_THREADS={value!r}; expected a positive integer")
-    torch.set_num_threads(int(value))
-
-
 def main(argv=None):
+    if os.getcwd() not in sys.path:     # --cell module:Class finds modules here, as python -m does
+        sys.path.append(os.getcwd())
     args = build_parser().parse_args(argv)
     try:
-        set_threads()
         status = args.func(args)
     except UserError as e:
         print(f"gatedrnn: error: {e}", file=sys.stderr)

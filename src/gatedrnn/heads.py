@@ -1,8 +1,11 @@
 """Output distributions and their negative log-likelihood, in nats.
 
-A head maps the recurrent output h_t (B, T, H) to the parameters of p(target_t | x_<t) and
-scores targets under them. ``nll`` returns (B, T): one number per time step, summed over the
-output dimensions (PAPER.md section 3: a music step's NLL sums the 88 notes' Bernoulli NLLs).
+A head maps the recurrent output h_t (B, T, H) to the parameters of p(target_t | x_<t), scores
+targets under them and draws from them. ``nll`` returns (B, T): one number per time step, summed
+over the output dimensions (a music step's NLL sums the 88 notes' Bernoulli NLLs, so a uniform
+model scores 88 ln 2 = 61.0 per step). ``sample(h_t, generator, temperature)`` draws one step's
+target (B, D) (tokens: (B,)) given h_t (B, H); ``from_config(config)`` builds the head of a
+resolved model config.
 """
 import math
 
@@ -31,6 +34,10 @@ class BernoulliHead(nn.Module):
         self.proj = nn.Linear(hidden_size, output_size)
         self.backend = backend
 
+    @classmethod
+    def from_config(cls, config):
+        return cls(config.hidden_size, config.output_size, backend=config.backend)
+
     def forward(self, h):
         return self.proj(h)                                      # (B, T, D) logits
 
@@ -38,6 +45,12 @@ class BernoulliHead(nn.Module):
         if self.backend == "fast":
             return bernoulli_nll(logits, target)
         return F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+
+    @torch.no_grad()
+    def sample(self, h_t, generator=None, temperature=1.0):
+        """Every note drawn independently from sigmoid(logit / temperature), (B, D) 0/1."""
+        p = torch.sigmoid(self(h_t) / _positive(temperature))
+        return (torch.rand(p.shape, generator=generator, device=p.device, dtype=p.dtype) < p).to(p.dtype)
 
 
 def bernoulli_nll(logits, target):
@@ -112,6 +125,10 @@ class MixtureGaussianHead(nn.Module):
         self.components, self.dims, self.min_scale = components, output_size, min_scale
         self.proj = nn.Linear(hidden_size, components * (1 + 2 * output_size))
 
+    @classmethod
+    def from_config(cls, config):
+        return cls(config.hidden_size, config.output_size, components=config.components)
+
     def forward(self, h):
         K, D = self.components, self.dims
         out = self.proj(h)                                       # (B, T, K (1 + 2D))
@@ -125,6 +142,52 @@ class MixtureGaussianHead(nn.Module):
         log_normal = -0.5 * z * z - torch.log(scale) - 0.5 * math.log(2 * math.pi)
         joint = F.log_softmax(logits, -1) + log_normal.sum(-1)   # (B, T, K)
         return -torch.logsumexp(joint, -1)
+
+    @torch.no_grad()
+    def sample(self, h_t, generator=None, temperature=1.0):
+        """A component k ~ softmax(logits / temperature), then y ~ N(mu_k, (temperature *
+        sigma_k)^2), (B, D): temperature 1 draws from the model, lower is more conservative."""
+        t = _positive(temperature)
+        logits, mean, scale = self(h_t)                          # (B, K), (B, K, D), (B, K, D)
+        k = torch.multinomial(torch.softmax(logits / t, -1), 1, generator=generator)   # (B, 1)
+        pick = k.unsqueeze(-1).expand(-1, 1, self.dims)
+        mu, sigma = mean.gather(1, pick).squeeze(1), scale.gather(1, pick).squeeze(1)
+        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        return mu + t * sigma * noise
+
+
+class CategoricalHead(nn.Module):
+    """A softmax over a vocabulary of V tokens (the characters of a text, any integer tokens):
+    logits = W h_t + b, NLL per step = -log softmax(logits)[y_t] in nats (F.cross_entropy).
+    Targets are (B, T) integer tokens."""
+
+    def __init__(self, hidden_size, output_size):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, output_size)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(config.hidden_size, config.output_size)
+
+    def forward(self, h):
+        return self.proj(h)                                      # (B, T, V) logits
+
+    def nll(self, logits, target):
+        V = logits.shape[-1]
+        return F.cross_entropy(logits.reshape(-1, V), target.reshape(-1).long(),
+                               reduction="none").view(target.shape)
+
+    @torch.no_grad()
+    def sample(self, h_t, generator=None, temperature=1.0):
+        """One token per row, (B,), from softmax(logits / temperature)."""
+        p = torch.softmax(self(h_t) / _positive(temperature), -1)
+        return torch.multinomial(p, 1, generator=generator).squeeze(-1)
+
+
+def _positive(temperature):
+    if not (isinstance(temperature, (int, float)) and temperature > 0):
+        raise UserError(f"temperature must be a positive number, got {temperature!r}")
+    return float(temperature)
 
 
 class NADEHead(nn.Module):
@@ -145,16 +208,14 @@ class NADEHead(nn.Module):
     a_d at once, by an exclusive cumulative sum over d.
 
     Parameters: (H + 1) (D + N) + 2 D N (W_bv, c_v, W_bh, c_h, W, V) for H = hidden_size.
-
-    ``backend`` is accepted so that SequenceModel can build every non-mixture head alike; the
-    NADE has no compiled kernel, so both backends run the torch code below.
+    Plain torch: both backends run the same code.
     """
 
     # 150: the NADE hidden units of Boulanger-Lewandowski et al. (2012) for RNN-NADE on these
     # four music sets, so that the head is the one whose NLLs PAPER.md section 5 quotes.
     DEFAULT_NADE_HIDDEN = 150
 
-    def __init__(self, hidden_size, output_size, nade_hidden=DEFAULT_NADE_HIDDEN, *, backend=None):
+    def __init__(self, hidden_size, output_size, nade_hidden=DEFAULT_NADE_HIDDEN):
         super().__init__()
         if isinstance(nade_hidden, bool) or not isinstance(nade_hidden, int) or nade_hidden < 1:
             raise UserError(f"nade_hidden must be a positive integer, got {nade_hidden!r}")
@@ -164,6 +225,10 @@ class NADEHead(nn.Module):
         self.W = nn.Parameter(torch.empty(nade_hidden, output_size))   # (N, D)
         self.V = nn.Parameter(torch.empty(output_size, nade_hidden))   # (D, N)
         self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(config.hidden_size, config.output_size, nade_hidden=config.nade_hidden)
 
     def reset_parameters(self):
         """W and V as torch.nn.Linear initialises a weight: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
@@ -193,8 +258,7 @@ class NADEHead(nn.Module):
         logit l_d before its sigmoid: 1 draws from the model, below 1 sharpens each conditional
         towards its likelier value, above 1 flattens it towards 1/2. The uniforms come from
         ``generator`` (on h_t's device), so a seeded generator gives the same notes."""
-        if not temperature > 0:
-            raise UserError(f"temperature must be positive, got {temperature!r}")
+        temperature = _positive(temperature)
         b_v, a = self(h_t)                                       # (B, D), (B, N): a_1 = b_h
         v = torch.zeros_like(b_v)                                # (B, D)
         for d in range(self.dims):
@@ -205,4 +269,5 @@ class NADEHead(nn.Module):
         return v
 
 
-HEADS = {"bernoulli": BernoulliHead, "gmm": MixtureGaussianHead, "nade": NADEHead}
+HEADS = {"bernoulli": BernoulliHead, "gmm": MixtureGaussianHead, "categorical": CategoricalHead,
+         "nade": NADEHead}

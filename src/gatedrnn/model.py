@@ -1,15 +1,16 @@
-"""SequenceModel = one recurrent layer + an output head, sized as in the paper's Table 1."""
-from dataclasses import asdict, dataclass
+"""SequenceModel = a recurrent layer (any unit, any number of layers) + an output head, and the
+sizing of units to an equal parameter budget, as in the paper's Table 1."""
+from dataclasses import replace
 
 import torch
 from torch import nn
 
-from .cells import CELLS, VARIANTS, recurrent_params
-from .kernels import BACKENDS
+from .cells import UNITS, count_parameters, unit_class
+from .config import ModelConfig
 from .errors import UserError
 from .heads import HEADS
 
-# Table 1: units per layer for an equal parameter budget.
+# Table 1: units per layer of the paper's three units, for an equal parameter budget.
 TABLE1_UNITS = {
     "music": {"lstm": 36, "gru": 46, "tanh": 100},
     "speech": {"lstm": 195, "gru": 227, "tanh": 400},
@@ -19,51 +20,67 @@ TABLE1_PRINTED = {
     "music": {"lstm": "~19.8k", "gru": "~20.2k", "tanh": "~20.1k"},
     "speech": {"lstm": "~169.1k", "gru": "~168.9k", "tanh": "~168.4k"},
 }
+# Table 1's budget (recurrent parameters) for every other unit: about 20k music, 169k speech.
+BUDGET = {"music": 20_000, "speech": 169_000}
+PAPER_INPUTS = {"music": 100, "speech": 20}     # the input widths Table 1 was counted at
 
 
-@dataclass
-class ModelConfig:
-    cell: str = "gru"               # tanh | gru | lstm
-    variant: str = "paper"          # paper | torch (cells.py)
-    hidden_size: int = 46           # Table 1: music LSTM 36, GRU 46, tanh 100
-    input_size: int = 88            # piano roll: MIDI 21..108
-    output_size: int = 88
-    head: str = "bernoulli"         # heads.HEADS
-    components: int = 20            # mixture components of the "gmm" head (speech)
-    weight_noise: float = 0.0       # std on W and U at training forward passes
-    backend: str = "fast"           # fast (kernels/, CPU) | reference (cells.reference_scan)
+def size_group(kind):
+    """Table 1's row group of a task kind: speech, or music for every other kind of data."""
+    return "speech" if kind == "speech" else "music"
 
-    def __post_init__(self):
-        if self.cell not in CELLS:
-            raise UserError(f"unknown unit {self.cell!r}; expected one of {', '.join(CELLS)}")
-        if self.variant not in VARIANTS:
-            raise UserError(f"unknown variant {self.variant!r}; expected one of {', '.join(VARIANTS)}")
-        if self.backend not in BACKENDS:
-            raise UserError(f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
-        if self.head not in HEADS:
-            raise UserError(f"unknown head {self.head!r}; expected one of {', '.join(HEADS)}")
-        for name in ("hidden_size", "input_size", "output_size", "components"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise UserError(f"{name} must be a positive integer, got {value!r}")
 
-    def to_dict(self):
-        return asdict(self)
+def hidden_for_params(cls, input_size, budget, variant="paper", num_layers=1):
+    """The hidden size whose recurrent parameter count (at ``input_size`` inputs) is closest to
+    ``budget`` (the smaller one on a tie). The count grows with the size, so a bisection."""
+    def count(h):
+        return count_parameters(cls, input_size, h, variant, num_layers)
+    lo, hi = 1, 2
+    while count(hi) < budget:
+        lo, hi = hi, hi * 2
+        if hi > 1 << 24:
+            raise UserError(f"params {budget:,}: no hidden size of {cls.__name__} reaches it")
+    while lo < hi:                                     # the smallest h with count(h) >= budget
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if count(mid) < budget else (lo, mid)
+    if lo > 1 and budget - count(lo - 1) <= count(lo) - budget:
+        return lo - 1
+    return lo
+
+
+def resolve(config: ModelConfig, task) -> ModelConfig:
+    """The model config of a run on ``task`` (data.Task): its input and output sizes, its head,
+    and its hidden size: ``hidden_size`` if given, else Table 1's for the paper's units (unless
+    ``params`` is given), else the size closest to ``params`` or to Table 1's budget."""
+    group = size_group(task.kind)
+    cls = unit_class(config.cell)
+    if config.hidden_size is not None:
+        hidden = config.hidden_size
+    elif config.params is None and config.cell in TABLE1_UNITS[group]:
+        hidden = TABLE1_UNITS[group][config.cell]
+    else:
+        hidden = hidden_for_params(cls, task.input_size, config.params or BUDGET[group],
+                                   config.variant, config.num_layers)
+    return replace(config, hidden_size=hidden, input_size=task.input_size,
+                   output_size=task.output_size, head=config.head or task.head)
 
 
 class SequenceModel(nn.Module):
     """Predicts target_t from inputs_<=t (the data layer shifts inputs so that x_t is predicted
-    from x_<t). inputs (B, T, I), targets (B, T, D), lengths (B,)."""
+    from x_<t). inputs (B, T, I), targets (B, T, D) (or (B, T) tokens), lengths (B,). The config
+    must be resolved (``resolve``): sizes and head filled in."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        if None in (config.hidden_size, config.input_size, config.output_size, config.head):
+            raise UserError("SequenceModel needs a resolved config (model.resolve): hidden, "
+                            "input and output sizes and the head")
         self.config = config
-        self.rnn = CELLS[config.cell](config.input_size, config.hidden_size, batch_first=True,
-                                      variant=config.variant, weight_noise=config.weight_noise,
-                                      backend=config.backend)
-        head_options = ({"components": config.components} if config.head == "gmm"
-                        else {"backend": config.backend})
-        self.head = HEADS[config.head](config.hidden_size, config.output_size, **head_options)
+        self.rnn = unit_class(config.cell)(
+            config.input_size, config.hidden_size, config.num_layers, batch_first=True,
+            dropout=config.dropout, variant=config.variant, weight_noise=config.weight_noise,
+            init=config.init, backend=config.backend)
+        self.head = HEADS[config.head].from_config(config)
 
     def forward(self, inputs, lengths=None, state=None):
         """Head parameters for every step, and the recurrent state after each sequence."""
@@ -86,25 +103,44 @@ class SequenceModel(nn.Module):
     def recurrent_params(self):
         return sum(p.numel() for p in self.rnn.parameters())
 
+    def head_params(self):
+        return sum(p.numel() for p in self.head.parameters())
+
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
 
 def table1_rows(input_size=88):
     """Table 1 with our counts: the recurrent layer alone (at ``input_size`` inputs and at the
-    paper's ~100 / 20), and the whole model with its output layer."""
+    paper's ~100 / 20), and the whole model with its Bernoulli output layer (music)."""
     rows = []
     for task, units in TABLE1_UNITS.items():
-        paper_inputs = 100 if task == "music" else 20
         ours_in = input_size if task == "music" else 20
         out = input_size if task == "music" else None
         for cell, hidden in units.items():
-            rec = recurrent_params(cell, ours_in, hidden)
-            whole = rec + hidden * out + out if out else None  # speech heads: see heads.py
+            rec = count_parameters(UNITS[cell], ours_in, hidden)
             rows.append({
                 "task": task, "cell": cell, "units": hidden,
                 "paper": TABLE1_PRINTED[task][cell],
-                "recurrent_at_paper_inputs": recurrent_params(cell, paper_inputs, hidden),
-                "inputs": ours_in, "recurrent": rec, "model": whole,
+                "recurrent_at_paper_inputs": count_parameters(UNITS[cell], PAPER_INPUTS[task], hidden),
+                "inputs": ours_in, "recurrent": rec,
+                "model": rec + hidden * out + out if out else None,   # speech heads: see heads.py
             })
+    return rows
+
+
+def unit_rows(input_sizes=(("music", 88), ("speech", 20)), params=None):
+    """Every registered unit at its default size (Table 1's, or sized to the budget) or sized to
+    ``params``: the hidden size and the recurrent parameter count, per task."""
+    rows = []
+    for name, cls in UNITS.items():
+        for group, width in input_sizes:
+            if params is None and name in TABLE1_UNITS[group]:
+                hidden, how = TABLE1_UNITS[group][name], "Table 1"
+            else:
+                budget = params or BUDGET[group]
+                hidden, how = hidden_for_params(cls, width, budget), f"budget {budget:,}"
+            rows.append({"task": group, "cell": name, "units": hidden, "inputs": width,
+                         "recurrent": count_parameters(cls, width, hidden), "sized_by": how,
+                         "doc": (cls.__doc__ or "").strip().splitlines()[0]})
     return rows

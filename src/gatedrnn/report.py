@@ -1,6 +1,6 @@
 """Tables built from results: ours beside the paper's Table 1 and Table 2."""
 import math
-from .model import table1_rows
+from .model import table1_rows, unit_rows
 
 # Table 2 of the paper: (train, test) NLL in nats per time step.
 PAPER_TABLE2 = {
@@ -30,6 +30,14 @@ def table1_markdown(input_size=88):
     header = ["task", "unit", "units", "paper (printed)", "recurrent @ 100 / 20 inputs",
               "our inputs", "recurrent (ours)", "whole model (ours)"]
     return markdown_table(header, rows)
+
+
+def units_markdown(params=None):
+    """Every registered unit's size per task (``gatedrnn params``)."""
+    rows = [[r["cell"], r["task"], r["units"], r["inputs"], f"{r['recurrent']:,}", r["sized_by"],
+             r["doc"]] for r in unit_rows(params=params)]
+    return markdown_table(["unit", "task", "units", "inputs", "recurrent params", "sized by",
+                           "what it is"], rows)
 
 
 def compare_markdown(dataset, results):
@@ -77,28 +85,53 @@ def record(dataset, cell, variant, phase, lr, seed, trial, run_dir, config, metr
     return out
 
 
-def records_from_run_dirs(root):
+NLL_KEYS = ("train_nll", "valid_nll", "test_nll")
+
+
+def records_from_run_dirs(root, warn=None):
     """Records of every finished run under ROOT/runs/<dataset>/<cell>/<variant>/<phase>/trial-N
     (ROOT may also be the runs directory itself). A run without metrics.json, or one stopped by
     a signal (a killed attempt, retried elsewhere), is left out; one that diverged is a record
-    with metrics None, as in the sweep's storage."""
+    with metrics None, as in the sweep's storage. A run whose files cannot be read, or whose
+    metrics hold an NLL that is not a finite number, is left out with one line to ``warn``
+    (default: stderr) naming the file."""
+    import sys
     from pathlib import Path
     from . import rundir
+    from .errors import UserError
+    from .train import read_run
+    warn = warn or (lambda line: print(line, file=sys.stderr))
     root = Path(root)
     runs = root / "runs" if (root / "runs").is_dir() else root
     out = []
     for metrics_file in sorted(runs.glob("*/*/*/*/trial-*/" + rundir.METRICS)):
         run = metrics_file.parent
-        config = rundir.read_json(run / rundir.CONFIG)["train"]
-        metrics = rundir.read_json(metrics_file)
+        try:
+            config, _ = read_run(run)
+            metrics = rundir.read_json(metrics_file)
+            if not isinstance(metrics, dict):
+                raise UserError(f"{metrics_file}: not a JSON object")
+        except UserError as e:
+            warn(f"gatedrnn: warning: left out {run}: {e}")
+            continue
         stopped = metrics.get("stopped") or {}
         if stopped and stopped.get("reason") != "non-finite":
             continue
-        out.append(record(config["dataset"], config["cell"], config["variant"], run.parent.name,
-                          config["lr"], config["seed"], int(run.name.split("-")[1]),
-                          str(run.resolve()), config, metrics,
+        if not stopped:
+            bad = [k for k in NLL_KEYS if not _finite(metrics.get(k))]
+            if bad:
+                warn(f"gatedrnn: warning: left out {run}: {metrics_file} holds "
+                     f"{bad[0]} = {metrics.get(bad[0])!r}, expected a finite number")
+                continue
+        out.append(record(config.dataset, config.model.cell, config.model.variant,
+                          run.parent.name, config.lr, config.seed, int(run.name.split("-")[1]),
+                          str(run.resolve()), config.to_dict(), metrics,
                           diverged=stopped.get("error", "non-finite") if stopped else None))
     return out
+
+
+def _finite(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def aggregate(records):
@@ -135,7 +168,7 @@ def aggregate(records):
             row[f"{split}_nll_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         c = (runs or recs)[0]["config"]
         row.update(batch_size=c["batch_size"], max_epochs=c["epochs"], patience=c["patience"],
-                   weight_noise=c["weight_noise"],
+                   weight_noise=c["model"]["weight_noise"],
                    epochs=statistics.fmean(r["metrics"]["epochs"] for r in runs) if runs else None,
                    best_epoch=statistics.fmean(r["metrics"]["best_epoch"] for r in runs) if runs else None,
                    seconds=statistics.fmean(r["metrics"]["seconds"] for r in runs) if runs else None,

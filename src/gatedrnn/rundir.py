@@ -127,6 +127,25 @@ def load_checkpoint(path):
     return parts, state
 
 
+def provenance():
+    """What made a run: gatedrnn's version and, when it runs from a git checkout, the commit
+    (with "-dirty" when tracked files differ from it); torch's version."""
+    import subprocess
+    import torch
+    from . import __version__
+    here = Path(__file__).resolve().parent
+    commit = None
+    try:
+        out = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty",
+                              "--abbrev=40", "--match=no-tags"], capture_output=True, text=True,
+                             timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            commit = out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass                                          # no git, or not a checkout
+    return {"gatedrnn": __version__, "commit": commit, "torch": torch.__version__}
+
+
 def holds_run(run_dir):
     """The run files already in ``run_dir`` (empty if none)."""
     return [name for name in RUN_FILES if (Path(run_dir) / name).exists()]

@@ -51,7 +51,8 @@ LR_RANGE = (1e-4, 1e-2)   # log-uniform; the paper's U(-12, -6) leaves the log's
 PHASES = ("lr", "seeds")
 MAX_RETRY = 3             # a slot whose worker died this many times is left for the next resume
 JOURNAL_FILE = "optuna-journal.log"
-SWEPT = ("dataset", "cell", "variant", "lr", "seed")   # TrainConfig fields the sweep sets
+SWEPT = {"dataset": None, "lr": None, "seed": None, "cell": "model", "variant": "model"}
+# the TrainConfig fields the sweep sets itself, and the nested config each lives in
 HEARTBEAT = "heartbeat"   # trial system attr: unix time of the last heartbeat (journal storage)
 
 
@@ -65,10 +66,9 @@ class SweepConfig:
     seeds: int = 3                             # runs of the best learning rate
     lr_range: tuple = LR_RANGE
     seed: int = 0                              # lr draws and the lr phase; seeds phase: seed+1..
-    options: dict = field(default_factory=dict)  # TrainConfig fields (not dataset/cell/variant/lr/seed)
+    options: dict = field(default_factory=dict)  # TrainConfig settings but the SWEPT ones (options_of)
 
     def __post_init__(self):
-        from .cells import CELLS, VARIANTS
         from .data import task_of
         for name in ("trials", "seeds"):
             value = getattr(self, name)
@@ -81,16 +81,9 @@ class SweepConfig:
             raise UserError("--datasets, --cells and --variants each need at least one value")
         for d in self.datasets:
             task_of(d)
-        for c in self.cells:
-            if c not in CELLS:
-                raise UserError(f"unknown unit {c!r}; expected one of {', '.join(CELLS)}")
-        for v in self.variants:
-            if v not in VARIANTS:
-                raise UserError(f"unknown variant {v!r}; expected one of {', '.join(VARIANTS)}")
-        from .train import TrainConfig                 # every training option, checked now
-        given = {k: v for k, v in self.options.items() if k not in SWEPT}
-        full = asdict(TrainConfig.from_dict({**given, "dataset": self.datasets[0]}))
-        self.options = {k: v for k, v in full.items() if k not in SWEPT}
+        for group in self.groups():                    # every unit, variant and option, checked now
+            config = trial_config(self.options, *group, self.lr_range[0], self.seed)
+        self.options = options_of(config)
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise UserError(f"--study must be letters, digits, '_', '.' or '-', got {self.name!r}")
 
@@ -113,6 +106,27 @@ class SweepConfig:
         """What the manifest stores (and what must match when a sweep is resumed)."""
         return {"trials": self.trials, "seeds": self.seeds, "lr_range": list(self.lr_range),
                 "seed": self.seed, "lrs": self.learning_rates(), "options": self.options}
+
+
+def options_of(config):
+    """A TrainConfig's settings as a nested dict, without the ones the sweep sets (SWEPT)."""
+    d = config.to_dict()
+    for name, parent in SWEPT.items():
+        (d[parent] if parent else d).pop(name, None)
+    return d
+
+
+def trial_config(options, dataset, cell, variant, lr, seed):
+    """The TrainConfig of one trial: the sweep's options with its dataset, unit, variant, lr
+    and seed."""
+    import copy
+    from .config import TrainConfig, from_dict
+    d = copy.deepcopy(options)
+    d.setdefault("model", {})
+    for name, value in (("dataset", dataset), ("cell", cell), ("variant", variant), ("lr", lr),
+                        ("seed", seed)):
+        (d[SWEPT[name]] if SWEPT[name] else d)[name] = value
+    return from_dict(TrainConfig, d, "sweep settings")
 
 
 def seed_slots(lr, seed, n):
@@ -465,7 +479,7 @@ class _Heartbeat:
 def run_trial(storage, study, trial_id, group, phase, settings, out, data_dir, cache, log):
     """Train one popped trial into its own run directory; tell the study how it went."""
     optuna = _optuna()
-    from .train import NonFiniteLoss, TrainConfig, train
+    from .train import NonFiniteLoss, load_config_data, train
     dataset, cell, variant = group
     trial = optuna.trial.Trial(study, trial_id)
     attrs = trial.user_attrs
@@ -474,8 +488,7 @@ def run_trial(storage, study, trial_id, group, phase, settings, out, data_dir, c
     options = dict(settings["options"])
     if data_dir is not None:
         options["data_dir"] = str(Path(data_dir).resolve())
-    config = TrainConfig.from_dict({**options, "dataset": dataset, "cell": cell,
-                                    "variant": variant, "lr": lr, "seed": attrs["seed"]})
+    config = trial_config(options, dataset, cell, variant, lr, attrs["seed"])
     run_dir = run_dir_of(out, dataset, cell, variant, phase, trial.number)
     if run_dir.exists() and any(run_dir.iterdir()):
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -486,13 +499,11 @@ def run_trial(storage, study, trial_id, group, phase, settings, out, data_dir, c
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     name = f"{study.study_name} trial {trial.number} (slot {attrs['slot']}, lr {lr:.3g}, seed {attrs['seed']})"
     log(f"start  {name}")
-    key = (config.dataset, config.data_dir, config.sample_rate)
+    key = (config.dataset, config.data_dir, config.sample_rate, config.steps_per_quarter)
     try:
         with _Heartbeat(storage, trial_id):
             if key not in cache:
-                from .data import load_data
-                cache[key] = load_data(config.dataset, config.data_dir,
-                                       sample_rate=config.sample_rate)
+                cache[key] = load_config_data(config)
             metrics = train(config, run_dir, cache[key], log=lambda line: None)
     except NonFiniteLoss as e:
         trial.set_user_attr("diverged", str(e))
@@ -503,7 +514,7 @@ def run_trial(storage, study, trial_id, group, phase, settings, out, data_dir, c
         trial.set_user_attr("error", describe(e)[:500])
         _tell(study, trial, None, log, name)
         raise
-    trial.set_user_attr("config", asdict(config))
+    trial.set_user_attr("config", config.to_dict())
     trial.set_user_attr("metrics", metrics)
     _tell(study, trial, metrics["valid_nll"], log, name)
     log(f"done   {name}: valid {metrics['valid_nll']:.3f}  test {metrics['test_nll']:.3f}  "

@@ -1,10 +1,11 @@
-"""The paper's training protocol (PAPER.md section 4), as small functions.
+"""The paper's training protocol, as small functions.
 
 train(config, run_dir) -> metrics: RMSProp with momentum (the paper's code settings), weight
-noise on W and U at every training forward pass, gradient norm rescaled to 1, learning rate
-decaying linearly to 1% by the last epoch, early stopping on validation NLL with the best model
-kept and used for the test NLL. NLL is in nats per time step: summed over the output dims,
-averaged over all time steps of a split.
+noise on W and U at every training forward pass, the gradient norm rescaled to 1 (the paper's
+text; or, with objective "released", the paper's released code: the NLL summed, the update's
+norm capped instead), learning rate decaying linearly to 1% by the last epoch, the best
+validation model kept and used for the test NLL (early stopping with ``patience``). NLL is in
+nats per time step: summed over the output dims, averaged over all time steps of a split.
 """
 import math
 import os
@@ -19,107 +20,30 @@ import numpy as np
 import torch
 
 from . import rundir
-from .cells import CELLS, VARIANTS, recurrent_params
-from .kernels import BACKENDS
-from .data import Data, load_data, task_of
+from .cells import count_parameters, unit_class
+from .config import ModelConfig, TrainConfig, from_dict
+from .data import Data, load_data
 from .data.batching import length_sorted_batches
 from .errors import UserError, describe
-from .model import TABLE1_UNITS, ModelConfig, SequenceModel
-
-
-@dataclass
-class TrainConfig:
-    dataset: str = "jsb"            # data.dataset_names()
-    cell: str = "gru"               # tanh | gru | lstm
-    variant: str = "paper"          # paper | torch
-    backend: str = "fast"           # fast (numba kernels on CPU) | reference (the readable loop)
-    hidden_size: int | None = None  # None: Table 1 size for the task
-    lr: float = 1e-3
-    epochs: int = 500               # the paper's code: at most 500
-    batch_size: int = 1             # the paper's code: one sequence per update
-    patience: int | None = None     # stop after this many epochs without a better valid NLL
-    weight_noise: float = 0.075     # std of N(0, s^2) on W and U, training forward passes only
-    clip_norm: float = 1.0          # gradient norm rescaled to this if larger
-    momentum: float = 0.9           # RMSProp of the paper's code: momentum,
-    rms_decay: float = 0.95         # averaging coefficient of the squared gradient,
-    rms_floor: float = 0.01         # and floor on its root
-    lr_final: float = 0.01          # the learning rate decays linearly to lr * lr_final by the last epoch
-    eval_batch_size: int = 64
-    tbptt: int | None = None        # truncated BPTT: an update every this many steps, state carried
-    components: int = 20            # speech: Gaussians in the output mixture
-    sample_rate: int = 8000         # speech (wav:DIR): files at other rates are resampled to it
-    seed: int = 0
-    data_dir: str | None = None     # directory holding the dataset files; None: env or cache
-    deterministic: bool = False     # torch.use_deterministic_algorithms, one thread
-
-    def __post_init__(self):
-        task_of(self.dataset)
-        if self.cell not in CELLS:
-            raise UserError(f"unknown unit {self.cell!r}; expected one of {', '.join(CELLS)}")
-        if self.variant not in VARIANTS:
-            raise UserError(f"unknown variant {self.variant!r}; expected one of {', '.join(VARIANTS)}")
-        if self.backend not in BACKENDS:
-            raise UserError(f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
-        positive = {"lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size,
-                    "eval_batch_size": self.eval_batch_size, "clip_norm": self.clip_norm,
-                    "rms_floor": self.rms_floor}
-        if self.hidden_size is not None:
-            positive["hidden_size"] = self.hidden_size
-        for name in ("patience", "tbptt"):
-            if getattr(self, name) is not None:
-                positive[name] = getattr(self, name)
-        positive["components"], positive["sample_rate"] = self.components, self.sample_rate
-        for name, value in positive.items():
-            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-                raise UserError(f"{name} must be a positive number, got {value!r}")
-        for name in ("momentum", "rms_decay"):
-            if not 0 <= getattr(self, name) < 1:
-                raise UserError(f"{name} must lie in [0, 1), got {getattr(self, name)!r}")
-        if not 0 < self.lr_final <= 1:
-            raise UserError(f"lr_final must lie in (0, 1], got {self.lr_final!r}")
-        from .data.speech import MAX_RATE, MIN_RATE
-        if not MIN_RATE <= self.sample_rate <= MAX_RATE:
-            raise UserError(f"sample_rate must lie in {MIN_RATE}..{MAX_RATE} Hz, got {self.sample_rate!r}")
-        if not 0 <= self.weight_noise < math.inf:
-            raise UserError(f"weight_noise must be >= 0, got {self.weight_noise!r}")
-
-    def model_config(self):
-        task = task_of(self.dataset)
-        return ModelConfig(cell=self.cell, variant=self.variant,
-                           hidden_size=self.hidden_size or TABLE1_UNITS[task.kind][self.cell],
-                           input_size=task.input_size, output_size=task.output_size,
-                           head=task.head, components=self.components,
-                           weight_noise=self.weight_noise, backend=self.backend)
-
-    @classmethod
-    def from_dict(cls, d, source="config"):
-        """A TrainConfig from a saved dict; every problem is a UserError naming ``source``."""
-        if not isinstance(d, dict):
-            raise UserError(f"{source}: the settings are {type(d).__name__}, expected a JSON object")
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise UserError(f"{source}: unknown config keys {sorted(unknown)}")
-        try:
-            return cls(**d)
-        except UserError as e:
-            raise UserError(f"{source}: {e}") from None
-        except TypeError as e:                      # a value of the wrong type
-            raise UserError(f"{source}: bad config value ({describe(e)})") from None
+from .model import SequenceModel, resolve
 
 
 class PaperRMSprop(torch.optim.Optimizer):
     """RMSProp with momentum, as in the paper's code:
         ms <- decay * ms + (1 - decay) * g^2
         v  <- momentum * v - lr * g / max(sqrt(ms), floor)
-        p  <- p + v
-    """
+        p  <- p + s v,  s = min(1, max_step / ||v||), the norm over all parameters together
+    where s = 1 without ``max_step``; the velocity v itself is never rescaled (the released
+    code's ``momentum_clipping``)."""
 
-    def __init__(self, params, lr, momentum=0.9, decay=0.95, floor=0.01):
-        super().__init__(params, dict(lr=lr, momentum=momentum, decay=decay, floor=floor))
+    def __init__(self, params, lr, momentum=0.9, decay=0.95, floor=0.01, max_step=None):
+        super().__init__(params, dict(lr=lr, momentum=momentum, decay=decay, floor=floor,
+                                      max_step=max_step))
 
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
+            steps = []
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -131,7 +55,21 @@ class PaperRMSprop(torch.optim.Optimizer):
                 ms.mul_(group["decay"]).addcmul_(p.grad, p.grad, value=1 - group["decay"])
                 rms = ms.sqrt().clamp_(min=group["floor"])
                 v.mul_(group["momentum"]).addcdiv_(p.grad, rms, value=-group["lr"])
-                p.add_(v)
+                steps.append((p, v))
+            scale = 1.0
+            if group["max_step"] is not None and steps:
+                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for _, v in steps]))
+                scale = min(1.0, group["max_step"] / max(norm.item(), 1e-300))
+            for p, v in steps:
+                p.add_(v, alpha=scale)
+
+
+def optimizer_for(model, config):
+    """The paper's RMSProp for ``config`` (TrainConfig): the update's norm capped at max_step
+    under the released objective."""
+    return PaperRMSprop(model.parameters(), config.lr, config.momentum, config.rms_decay,
+                        config.rms_floor,
+                        max_step=config.max_step if config.objective == "released" else None)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -144,21 +82,24 @@ def lr_at(config, epoch):
     return config.lr * (1 - (1 - config.lr_final) * frac)
 
 
-def train_step(model, optimizer, batch, clip_norm, state=None):
+def train_step(model, optimizer, batch, config, state=None):
     """One update on one minibatch (or chunk of one, from ``state``); returns its mean NLL per
-    step (with weight noise) and the final state, detached."""
+    step (with weight noise) and the final state, detached. The loss is the NLL averaged over
+    the batch's steps with the gradient norm clipped (objective "mean"), or summed with no
+    clipping (objective "released", whose optimizer caps the update instead)."""
     model.train()
     optimizer.zero_grad(set_to_none=True)
     nll, state = model.chunk_nll(batch.inputs, batch.targets, batch.lengths, state)
-    loss = nll.sum() / batch.steps
-    if not torch.isfinite(loss):
-        raise NonFiniteLoss(f"loss is {loss.item()}")
-    loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+    total = nll.sum()
+    if not torch.isfinite(total):
+        raise NonFiniteLoss(f"loss is {total.item()}")
+    (total / batch.steps if config.objective == "mean" else total).backward()
+    clip = config.clip_norm if config.objective == "mean" else math.inf
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     if not torch.isfinite(norm):
         raise NonFiniteLoss(f"gradient norm is {norm.item()}")
     optimizer.step()
-    return loss.item(), _detach(state)
+    return total.item() / batch.steps, _detach(state)
 
 
 def _detach(state):
@@ -185,14 +126,15 @@ def backend_of(model):
 
 
 def build_model(config):
-    """The model of ``config``, initialised from its seed."""
+    """The model of a resolved ``config`` (TrainConfig), initialised from its seed."""
     torch.manual_seed(config.seed)
-    return new_model(config.model_config())
+    return new_model(config.model)
 
 
 def new_model(mc: ModelConfig):
     """SequenceModel(mc), or a UserError if it cannot fit in this machine's memory."""
-    params = recurrent_params(mc.cell, mc.input_size, mc.hidden_size)
+    params = count_parameters(unit_class(mc.cell), mc.input_size, mc.hidden_size, mc.variant,
+                              mc.num_layers)
     need = 6 * 4 * params          # float32 weights, gradients, 2 optimizer buffers, noise, best copy
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > memory:
@@ -282,8 +224,12 @@ def train(config: TrainConfig, run_dir, examples=None, log=print, progress=None,
         raise UserError(f"{run_dir}: nothing to resume (no such directory); run without --resume")
     run_dir.mkdir(parents=True, exist_ok=True)
     with rundir.locked(run_dir), stop_on_signals() as stop, deterministic(config.deterministic):
-        saved = _check_resume(config, run_dir) if resume else _check_fresh(run_dir)
-        return _fit(config, run_dir, _as_data(config, examples), saved, log, progress, stop)
+        if not resume:
+            _check_fresh(run_dir)
+        data = _as_data(config, examples)
+        config = replace(config, model=resolve(config.model, data.task))
+        saved = _check_resume(config, run_dir) if resume else None
+        return _fit(config, run_dir, data, saved, log, progress, stop)
 
 
 def _check_fresh(run_dir):
@@ -300,18 +246,29 @@ def _check_resume(config, run_dir):
     if not (run_dir / rundir.CONFIG).is_file():
         raise UserError(f"{run_dir}: nothing to resume (no {rundir.CONFIG}); run without --resume")
     saved = rundir.read_json(run_dir / rundir.CONFIG)
-    if not isinstance(saved, dict) or not isinstance(saved.get("train"), dict):
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
         raise UserError(f"{run_dir / rundir.CONFIG}: not a gatedrnn run config")
-    _same_settings(config, saved["train"], run_dir / rundir.CONFIG)
+    _same_settings(config, saved["config"], run_dir / rundir.CONFIG)
     if not (run_dir / rundir.CHECKPOINT).is_file():
         return None
     parts, state = rundir.load_checkpoint(run_dir / rundir.CHECKPOINT)
-    _same_settings(config, state.get("train", {}), run_dir / rundir.CHECKPOINT)
+    _same_settings(config, state.get("config", {}), run_dir / rundir.CHECKPOINT)
     return parts, state
 
 
+def _flat(d, prefix=""):
+    """{"model.cell": ..., "lr": ...} of a nested settings dict."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def _same_settings(config, saved, source):
-    given = asdict(config)
+    given, saved = _flat(config.to_dict()), _flat(saved) if isinstance(saved, dict) else {}
     differ = sorted(k for k in set(given) | set(saved) if given.get(k) != saved.get(k))
     if differ:
         detail = ", ".join(f"{k} (saved {saved.get(k)!r}, given {given.get(k)!r})" for k in differ)
@@ -322,13 +279,11 @@ def _same_settings(config, saved, source):
 def _fit(config, run_dir, data, saved, log, progress, stop):
     """The training loop of train(): epochs until done, stopped, or non-finite."""
     model = build_model(config)
-    optimizer = PaperRMSprop(model.parameters(), config.lr, config.momentum, config.rms_decay,
-                             config.rms_floor)
+    optimizer = optimizer_for(model, config)
     rng = np.random.default_rng(config.seed)       # batch order
     fixed = {s: length_sorted_batches(ex, config.eval_batch_size) for s, ex in data.examples.items()}
-    run_config = {"train": asdict(config), "model": config.model_config().to_dict(),
-                  "normalization": data.normalization, "backend": backend_of(model),
-                  "torch": torch.__version__}
+    run_config = {**rundir.provenance(), "config": config.to_dict(), "data": data.info,
+                  "backend": backend_of(model)}
     if saved is None:
         rundir.write_json(run_dir / rundir.CONFIG, run_config)
         st, best_weights = RunState(), None
@@ -374,7 +329,7 @@ def train_epoch(model, optimizer, config, batches, epoch, updates, stop=None, pr
             if stop is not None and stop.signal:    # set during the last update, or before
                 return updates, stop.signal
             try:
-                _, state = train_step(model, optimizer, chunk, config.clip_norm, state)
+                _, state = train_step(model, optimizer, chunk, config, state)
             except NonFiniteLoss as e:
                 raise NonFiniteLoss(f"{e} at epoch {epoch}, update {updates + 1}") from None
             updates += 1
@@ -408,7 +363,7 @@ def save_epoch(run_dir, model, optimizer, rng, st, best_weights, run_config, imp
     """The checkpoint first (it alone is enough to resume), then the files derived from it."""
     parts = {"model": model.state_dict(), "best": best_weights,
              "optimizer": optimizer_tensors(optimizer), "rng": {"torch": torch.get_rng_state()}}
-    state = asdict(st) | {"numpy_rng": rng.bit_generator.state, "train": run_config["train"]}
+    state = asdict(st) | {"numpy_rng": rng.bit_generator.state, "config": run_config["config"]}
     rundir.save_checkpoint(run_dir / rundir.CHECKPOINT, parts, state)
     if improved:
         rundir.save_model(run_dir / rundir.MODEL, best_weights, run_config)
@@ -473,6 +428,7 @@ def run_metrics(model, fixed, st, data, run_dir, best_weights, start, stopped=No
         "test_nll_per_sequence": test_m["nll_per_sequence"],
         "best_epoch": b["epoch"], "epochs": len(st.curves), "updates": st.updates,
         "params": model.num_params(), "recurrent_params": model.recurrent_params(),
+        "head_params": model.head_params(),
         "seconds": round(time.perf_counter() - start, 3), "backend": backend_of(model),
     }
     metrics.update(per_sample(metrics, data))
@@ -486,12 +442,15 @@ def run_metrics(model, fixed, st, data, run_dir, best_weights, start, stopped=No
 
 def per_sample(metrics, data):
     """Speech: every NLL also in nats per predicted sample, beside the i.i.d. Gaussian baseline
-    (same unit) that shows what the recurrence buys. Nothing for music."""
+    (same unit) that shows what the recurrence buys. Text: every NLL also in bits per
+    character (one character per step). Nothing for music."""
+    keys = [k for k in ("train_nll", "valid_nll", "test_nll") if k in metrics]
+    if data.task.characters:
+        return {k.replace("_nll", "_bits_per_char"): metrics[k] / math.log(2) for k in keys}
     k = data.task.samples_per_step
     if not k:
         return {}
-    out = {f"{key}_per_sample": metrics[key] / k for key in ("train_nll", "valid_nll", "test_nll")
-           if key in metrics}
+    out = {f"{key}_per_sample": metrics[key] / k for key in keys}
     out["baseline_iid_gaussian_per_sample"] = data.baseline
     return out
 
@@ -500,41 +459,53 @@ def _as_data(config, examples):
     if isinstance(examples, Data):
         return examples
     if examples is not None:
+        from .data import task_of
         return Data(examples, task_of(config.dataset))
-    return load_data(config.dataset, config.data_dir, sample_rate=config.sample_rate)
+    return load_config_data(config)
 
 
-def load_run(run_dir):
-    """(TrainConfig, SequenceModel with the best weights) from a run directory."""
+def load_config_data(config, info=None):
+    """The dataset of a TrainConfig; ``info`` (a run's saved data info: normalisation,
+    vocabulary) makes it the run's data exactly."""
+    return load_data(config.dataset, config.data_dir, info, sample_rate=config.sample_rate,
+                     steps_per_quarter=config.steps_per_quarter)
+
+
+def read_run(run_dir):
+    """(TrainConfig, the config.json record) of a run directory; any problem is a one-line
+    UserError naming the file."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run directory not found")
-    saved = rundir.read_json(run_dir / rundir.CONFIG)
     source = run_dir / rundir.CONFIG
+    record = rundir.read_json(source)
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise UserError(f"{source}: not a gatedrnn run config (no \"config\" object)")
+    return from_dict(TrainConfig, record["config"], str(source)), record
+
+
+def load_run(run_dir):
+    """(TrainConfig, SequenceModel with the best weights, config.json record) of a run."""
+    config, record = read_run(run_dir)
     try:
-        config = TrainConfig.from_dict(saved["train"], source)
-        try:
-            model = new_model(ModelConfig(**saved["model"]))
-        except UserError as e:
-            raise UserError(f"{source}: {e}") from None
-    except (KeyError, TypeError) as e:
-        raise UserError(f"{source}: not a gatedrnn run config ({describe(e)})") from None
-    state, _ = rundir.load_model(run_dir / rundir.MODEL)
+        model = new_model(config.model)
+    except UserError as e:
+        raise UserError(f"{Path(run_dir) / rundir.CONFIG}: {e}") from None
+    state, _ = rundir.load_model(Path(run_dir) / rundir.MODEL)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise UserError(f"{run_dir / rundir.MODEL}: weights do not fit the config "
+        raise UserError(f"{Path(run_dir) / rundir.MODEL}: weights do not fit the config "
                         f"({str(e).splitlines()[0]})") from None
-    return config, model
+    return config, model, record
 
 
 def evaluate_run(run_dir, data_dir=None):
     """Recompute train / valid / test NLL of a run's saved best model."""
-    config, model = load_run(run_dir)
+    config, model, record = load_run(run_dir)
     if data_dir is not None:
-        config.data_dir = str(data_dir)
-    normalization = rundir.read_json(Path(run_dir) / rundir.CONFIG).get("normalization")
-    data = load_data(config.dataset, config.data_dir, normalization, config.sample_rate)
+        config = replace(config, data_dir=str(data_dir))
+    data = load_config_data(config, record.get("data"))
     out = {}
     for split, ex in data.examples.items():
         m = evaluate(model, length_sorted_batches(ex, config.eval_batch_size))
@@ -546,20 +517,26 @@ def evaluate_run(run_dir, data_dir=None):
 
 # `gatedrnn compare` defaults: a real comparison that finishes in minutes on 2 CPU cores.
 COMPARE_DEFAULTS = {"batch_size": 16, "lr": 3e-3, "epochs": 150, "patience": 20}
+PAPER_UNITS = ("tanh", "gru", "lstm")
 
 
-def compare(base: TrainConfig, run_root, cells=tuple(CELLS), log=print, progress=None,
-            resume=False):
-    """Train each unit at its Table 1 size with the same settings; {cell: metrics}. With
-    ``resume``, units whose run directory holds a run continue it; the others start."""
-    data = load_data(base.dataset, base.data_dir, sample_rate=base.sample_rate)
+def compare(base: TrainConfig, run_root, cells=PAPER_UNITS, datasets=None, log=print,
+            progress=None, resume=False):
+    """Train each unit on each dataset with the same settings (each unit at its Table 1 size,
+    or all sized to base.model.params); {dataset: {cell: metrics}} with run directories
+    RUN_ROOT/DATASET/CELL. With ``resume``, units whose run directory holds a run continue it;
+    the others start."""
     results = {}
-    for cell in cells:
-        config = replace(base, cell=cell, hidden_size=None)
-        run_dir = Path(run_root) / cell
-        log(f"== {cell} ({config.model_config().hidden_size} units) ==")
-        results[cell] = train(config, run_dir, data, log=log, progress=progress,
-                              resume=resume and bool(rundir.holds_run(run_dir)))
-        if "stopped" in results[cell]:
-            break
+    for dataset in datasets or [base.dataset]:
+        config = replace(base, dataset=dataset)
+        data = load_config_data(config)
+        results[dataset] = {}
+        for cell in cells:
+            unit = replace(config, model=replace(config.model, cell=cell))
+            run_dir = Path(run_root) / dataset / cell
+            log(f"== {dataset} / {cell} ({resolve(unit.model, data.task).hidden_size} units) ==")
+            results[dataset][cell] = train(unit, run_dir, data, log=log, progress=progress,
+                                           resume=resume and bool(rundir.holds_run(run_dir)))
+            if "stopped" in results[dataset][cell]:
+                return results
     return results

@@ -30,13 +30,30 @@ class Batch:
                       (self.lengths - t).clamp(0, size)) for t in range(0, T, size)]
 
 
+def shifted_examples(seqs):
+    """Sequences (T, D) -> examples predicting x_t from x_<t: inputs x_{t-1}, zeros at t = 0."""
+    examples = []
+    for seq in seqs:
+        x = torch.as_tensor(np.asarray(seq), dtype=torch.float32)       # (T, D)
+        inputs = torch.cat([x.new_zeros(1, x.shape[1]), x[:-1]])        # (T, D), shifted by one
+        examples.append((inputs, x))
+    return examples
+
+
 def music_examples(rolls):
     """Piano rolls (T, 88) uint8 -> examples predicting x_t from x_<t."""
+    return shifted_examples(rolls)
+
+
+def token_examples(seqs, vocabulary_size):
+    """Token sequences (T,) -> examples: inputs the previous token one-hot (T, V) (zeros at
+    t = 0), targets the tokens (T,) int64."""
     examples = []
-    for roll in rolls:
-        x = torch.as_tensor(np.asarray(roll), dtype=torch.float32)      # (T, 88)
-        inputs = torch.cat([x.new_zeros(1, x.shape[1]), x[:-1]])        # (T, 88), shifted by one
-        examples.append((inputs, x))
+    for seq in seqs:
+        y = torch.as_tensor(np.asarray(seq), dtype=torch.int64)         # (T,)
+        inputs = torch.zeros(len(y), vocabulary_size)                   # (T, V)
+        inputs[torch.arange(1, len(y)), y[:-1]] = 1
+        examples.append((inputs, y))
     return examples
 
 

@@ -21,12 +21,12 @@ SPLIT_AT = (90, 95)             # percent: train below 90, valid below 95, test 
 MIN_CHARACTERS = 20             # the fewest for which every split gets a character
 
 
-def load_text(path, chunk_length=DEFAULT_CHUNK_LENGTH):
+def load_text(path, chunk_length=DEFAULT_CHUNK_LENGTH, vocab=None):
     """A UTF-8 text file as character tokens.
 
     Returns (splits, vocab): splits {train, valid, test} -> lists of (T,) int64 sequences, T =
     chunk_length except for each split's last; vocab a list of str with vocab[i] the character
-    of token i, vocab[0] = UNK.
+    of token i, vocab[0] = UNK. A ``vocab`` given (a run's) is used as it is.
     """
     if isinstance(chunk_length, bool) or not isinstance(chunk_length, (int, np.integer)) \
             or chunk_length < 1:
@@ -55,9 +55,17 @@ def load_text(path, chunk_length=DEFAULT_CHUNK_LENGTH):
     a, b = n * SPLIT_AT[0] // 100, n * SPLIT_AT[1] // 100
     parts = dict(zip(SPLITS, (codes[:a], codes[a:b], codes[b:])))
 
-    known = np.unique(parts["train"])                               # sorted code points
-    known = known[known != ord(UNK)]
-    vocab = [UNK] + [chr(c) for c in known.tolist()]
+    if vocab is None:
+        known = np.unique(parts["train"])                           # sorted code points
+        known = known[known != ord(UNK)]
+        vocab = [UNK] + [chr(c) for c in known.tolist()]
+    else:
+        if not (isinstance(vocab, list) and vocab and vocab[0] == UNK
+                and all(isinstance(c, str) and len(c) == 1 for c in vocab)):
+            raise UserError(f"{path}: the saved vocabulary is not a list of characters after UNK")
+        known = np.array(sorted(ord(c) for c in vocab[1:]), np.uint32)
+        if [chr(c) for c in known.tolist()] != vocab[1:]:
+            raise UserError(f"{path}: the saved vocabulary is not sorted")
     splits = {}
     for split, p in parts.items():
         tokens = np.zeros(len(p), np.int64)                         # (n_split,) UNK
