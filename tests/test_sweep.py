@@ -488,17 +488,18 @@ def kill_a_worker_at(point, postgres_url, tiny_data, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != sweep.HOLD}
     env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
     logs = [tmp_path / "victim.log", tmp_path / "survivor.log"]
-    victim = subprocess.Popen(cmd, env={**env, sweep.HOLD: f"{point}:{held}"},
-                              stdout=logs[0].open("wb"), stderr=subprocess.STDOUT)
-    survivor = None
+
+    def start(env, log):
+        with open(log, "wb") as f:
+            return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+    victim, survivor = start({**env, sweep.HOLD: f"{point}:{held}"}, logs[0]), None
     try:
         deadline = time.monotonic() + 300
-        while not held.exists():                 # polls a file the victim writes, then waits on
+        while not held.exists():          # written at ``point``, where the victim then stays
             assert victim.poll() is None, logs[0].read_text()
             assert time.monotonic() < deadline, "the victim did not reach " + point
             time.sleep(0.05)
-        survivor = subprocess.Popen(cmd, env=env, stdout=logs[1].open("wb"),
-                                    stderr=subprocess.STDOUT)
+        survivor = start(env, logs[1])
         lr_study = optuna.load_study(study_name=f"{name}/jsb/gru/paper/lr", storage=storage)
         (dead,) = [t for t in lr_study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
                    if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
