@@ -74,8 +74,8 @@ def test_learning_rates_log_uniform_seeded_and_shared_by_groups():
 def record(cell, phase, lr, seed, trial, valid, test=None):
     m = {"train_nll": valid - 1, "valid_nll": valid, "test_nll": test or valid + 0.5, "epochs": 5,
          "best_epoch": 4, "seconds": 2.0, "params": 100}
-    c = {"dataset": "jsb", "cell": cell, "variant": "paper", "lr": lr, "seed": seed,
-         "batch_size": 16, "epochs": 20, "patience": 20, "weight_noise": 0.075}
+    c = {"dataset": "jsb", "lr": lr, "seed": seed, "batch_size": 16, "epochs": 20, "patience": 20,
+         "model": {"cell": cell, "variant": "paper", "weight_noise": 0.075}}
     return {"dataset": "jsb", "cell": cell, "variant": "paper", "phase": phase, "lr": lr,
             "seed": seed, "trial": trial, "run_dir": f"/r/{phase}/{trial}", "config": c, "metrics": m}
 
@@ -97,25 +97,178 @@ def test_aggregate_best_lr_then_seeds_once_each():
 def test_journal_heartbeat_fails_a_stale_trial_and_retries_its_slot(tmp_path):
     import optuna
     storage = sweep.open_storage(f"journal:{tmp_path / 'j.log'}", 1, 2)
+    other = sweep.open_storage(f"journal:{tmp_path / 'j.log'}", 1, 2)    # another worker's
     config = sweep.SweepConfig(name="hb", datasets=["jsb"], cells=["gru"], trials=2, seeds=1)
     assert sweep.create(storage, config) == 2
     study = optuna.load_study(study_name="hb/jsb/gru/paper/lr", storage=storage)
     first = study.get_trials()[0]
-    trial_id = storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(study.study_name), first.number)
+    trial_id = trial_id_of(storage, study, first.number)
     assert storage.set_trial_state_values(trial_id, optuna.trial.TrialState.RUNNING)
+    sweep.fail_stale_trials(storage, study)
+    assert study.get_trials()[0].state.name == "RUNNING"          # just started: alive
     storage.record_heartbeat(trial_id)
-    optuna.storages.fail_stale_trials(study)
+    storage.set_trial_user_attr(trial_id, "run_dir", "/r/lr/0")  # what the attempt wrote
+    sweep.fail_stale_trials(storage, study)
     assert study.get_trials()[0].state.name == "RUNNING"          # fresh heartbeat: alive
     storage.set_trial_system_attr(trial_id, sweep.HEARTBEAT, time.time() - 10)
-    optuna.storages.fail_stale_trials(study)
+    sweep.fail_stale_trials(storage, study)
+    sweep.fail_stale_trials(other, optuna.load_study(study_name=study.study_name, storage=other))
     trials = study.get_trials()
-    assert [t.state.name for t in trials] == ["FAIL", "WAITING", "WAITING"]
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING", "WAITING"]   # one retry
     retry = trials[2]
     assert retry.user_attrs == first.user_attrs and retry.system_attrs["failed_trial"] == 0
+    assert sweep.HEARTBEAT not in retry.system_attrs            # its start is its first beat
     assert sweep.create(storage, config) == 0                    # resume: nothing re-enqueued
     s = sweep.status(storage, "hb")
     assert (s.total, s.done, s.waiting, s.failed) == (3, 0, 2, 1)
+    assert storage.set_trial_state_values(trial_id_of(storage, study, retry.number),
+                                          optuna.trial.TrialState.RUNNING)
+    sweep.fail_stale_trials(storage, study)
+    assert study.get_trials()[2].state.name == "RUNNING"        # no inherited heartbeat
+
+
+def test_journal_stale_slot_is_retried_max_retry_times(tmp_path):
+    import optuna
+    storage = sweep.open_storage(f"journal:{tmp_path / 'j.log'}", 1, 2)
+    sweep.create(storage, sweep.SweepConfig(name="mr", datasets=["jsb"], cells=["gru"], trials=1,
+                                            seeds=1))
+    study = optuna.load_study(study_name="mr/jsb/gru/paper/lr", storage=storage)
+    for _ in range(sweep.MAX_RETRY + 1):
+        (waiting,) = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+        trial_id = trial_id_of(storage, study, waiting.number)
+        assert storage.set_trial_state_values(trial_id, optuna.trial.TrialState.RUNNING)
+        storage.set_trial_system_attr(trial_id, sweep.HEARTBEAT, time.time() - 10)
+        sweep.fail_stale_trials(storage, study)
+    assert [t.state.name for t in study.get_trials()] == ["FAIL"] * (sweep.MAX_RETRY + 1)
+    assert {t.user_attrs["slot"] for t in study.get_trials()} == {0}
+    assert sweep.create(storage, sweep.SweepConfig(name="mr", datasets=["jsb"], cells=["gru"],
+                                                   trials=1, seeds=1)) == 1   # resume: again
+
+
+def trial_id_of(storage, study, number):
+    return storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(study.study_name), number)
+
+
+# ---------------------------------------------------------------------------------- a worker, in process
+
+def tiny_sweep(tmp_path, tiny_data, name):
+    """A journal storage holding a sweep of one group: one lr slot, one seed slot, 2 epochs of a
+    4-unit GRU -> (storage, its lr study, the sweep's settings)."""
+    import optuna
+    storage = sweep.open_storage(f"journal:{tmp_path / 'j.log'}", 1, 2)
+    options = {"batch_size": 64, "epochs": 2, "data_dir": str(tiny_data),
+               "model": {"hidden_size": 4, "weight_noise": 0.0}}
+    sweep.create(storage, sweep.SweepConfig(name=name, datasets=["jsb"], cells=["gru"], trials=1,
+                                            seeds=1, options=options))
+    study = optuna.load_study(study_name=f"{name}/jsb/gru/paper/lr", storage=storage)
+    return storage, study, optuna.load_study(study_name=name, storage=storage).user_attrs
+
+
+def lr_run_dir(out, number):
+    return sweep.run_dir_of(out, "jsb", "gru", "paper", "lr", number)
+
+
+def must_not_train(*args, **kwargs):
+    raise AssertionError("the slot was trained again")
+
+
+def test_a_retry_adopts_the_run_its_killed_attempt_finished(tiny_data, tmp_path, monkeypatch):
+    """The worker dies between writing metrics.json and reporting it (here: its trial is failed
+    as stale at that point, as an idle worker does once the dead worker's heartbeat stops)."""
+    import gatedrnn.train
+    from optuna.trial import TrialState
+    storage, study, _ = tiny_sweep(tmp_path, tiny_data, "ad")
+    out, lines = tmp_path / "out", []
+
+    def killed(hold, point):
+        if point == "trained":
+            (running,) = study.get_trials(states=(TrialState.RUNNING,))
+            trial_id = trial_id_of(storage, study, running.number)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+            sweep._retry_stale(study, storage.get_trial(trial_id))
+    monkeypatch.setattr(sweep, "_hold", killed)
+    assert sweep.work(storage, "ad", out, log=lines.append, max_trials=1) == 1
+    (first, _) = study.get_trials()
+    assert first.state.name == "FAIL" and lines[-1].startswith("lost ")
+    done = Path(first.user_attrs["run_dir"])
+    metrics, before = json.loads((done / "metrics.json").read_text()), stamp([done])
+
+    monkeypatch.setattr(gatedrnn.train, "train", must_not_train)
+    assert sweep.work(storage, "ad", out, log=lines.append, max_trials=1) == 1
+    (_, retry) = study.get_trials()
+    assert retry.system_attrs["failed_trial"] == first.number and lines[-1].startswith("adopt ")
+    assert retry.state.name == "COMPLETE" and retry.value == metrics["valid_nll"]
+    assert retry.user_attrs["adopted"] == first.number and retry.user_attrs["metrics"] == metrics
+    assert retry.user_attrs["run_dir"] == str(done) and stamp([done]) == before
+    assert not lr_run_dir(out, retry.number).exists()
+    assert sweep.status(storage, "ad").done == 1
+    assert sweep.records(storage, "ad") == records_from_run_dirs(out)   # the same one run
+
+
+@pytest.mark.parametrize("left, lr_factor, adopted", [
+    ({"valid_nll": 7.5}, 1, "result"),                              # finished: adopted
+    ({"stopped": {"reason": "non-finite", "error": "loss is nan at epoch 1, update 2"}}, 1,
+     "diverged"),                                                   # diverged: settled as such
+    ({"valid_nll": 7.5, "stopped": {"reason": "SIGTERM", "epoch": 1, "update": 2}}, 1, None),
+    (None, 1, None),                                                # killed while training
+    ({"valid_nll": 7.5}, 2, None),                                  # not this slot's run
+])
+def test_which_run_of_an_earlier_attempt_a_retry_adopts(left, lr_factor, adopted, tiny_data,
+                                                        tmp_path, monkeypatch):
+    import gatedrnn.train
+    from optuna.trial import TrialState
+    storage, study, settings = tiny_sweep(tmp_path, tiny_data, "ad")
+    out = tmp_path / "out"
+    (first,) = study.get_trials()
+    first_id = trial_id_of(storage, study, first.number)
+    assert storage.set_trial_state_values(first_id, TrialState.RUNNING)   # a worker took it,
+    run_dir = lr_run_dir(out, first.number)                               # left this and died
+    run_dir.mkdir(parents=True)
+    config = sweep.trial_config(settings["options"], "jsb", "gru", "paper",
+                                first.user_attrs["lr"] * lr_factor, 0)
+    (run_dir / "config.json").write_text(json.dumps({"config": config.to_dict()}))
+    if left is not None:
+        (run_dir / "metrics.json").write_text(json.dumps(left))
+    storage.set_trial_system_attr(first_id, sweep.HEARTBEAT, time.time() - 10)
+    sweep.fail_stale_trials(storage, study)
+    trained = []
+    monkeypatch.setattr(gatedrnn.train, "train", lambda config, run_dir, *a, **k: trained.append(
+        run_dir) or {"valid_nll": 9.0, "test_nll": 9.5, "epochs": 2, "seconds": 0.1})
+    assert sweep.work(storage, "ad", out, log=lambda line: None, max_trials=1) == 1
+    (_, retry) = study.get_trials()
+    assert retry.system_attrs["failed_trial"] == first.number
+    if adopted is None:
+        assert trained == [lr_run_dir(out, retry.number)]
+        assert retry.state.name == "COMPLETE" and retry.value == 9.0
+        assert "adopted" not in retry.user_attrs
+    else:
+        assert trained == [] and retry.user_attrs["adopted"] == first.number
+        assert retry.user_attrs["run_dir"] == str(run_dir.resolve())
+    if adopted == "result":
+        assert retry.state.name == "COMPLETE" and retry.value == 7.5
+    if adopted == "diverged":
+        assert retry.state.name == "FAIL"
+        assert retry.user_attrs["diverged"] == left["stopped"]["error"]
+        assert sweep.status(storage, "ad").done == 1                # settled
+
+
+def test_a_run_stopped_by_a_signal_is_no_result_and_its_slot_runs_again(tiny_data, tmp_path,
+                                                                      monkeypatch):
+    import gatedrnn.train
+    storage, study, settings = tiny_sweep(tmp_path, tiny_data, "st")
+    stopped = {"valid_nll": 8.0, "stopped": {"reason": "SIGTERM", "epoch": 1, "update": 3}}
+    monkeypatch.setattr(gatedrnn.train, "train", lambda *a, **k: stopped)
+    with pytest.raises(KeyboardInterrupt):                     # the worker stops, as asked
+        sweep.work(storage, "st", tmp_path / "out", log=lambda line: None)
+    (trial,) = study.get_trials()
+    assert trial.state.name == "FAIL"
+    assert trial.user_attrs["error"] == "stopped by SIGTERM in epoch 1"
+    s = sweep.status(storage, "st")
+    assert (s.done, s.failed) == (0, 1) and sweep.records(storage, "st") == []
+    assert sweep.create(storage, sweep.SweepConfig(
+        name="st", datasets=["jsb"], cells=["gru"], trials=1, seeds=1,
+        options=settings["options"])) == 1                          # resume: the slot again
 
 
 # ---------------------------------------------------------------------------------- journal, end to end
@@ -160,7 +313,7 @@ def test_sweep_writes_table_json_and_figures_from_its_runs(journal_sweep, capsys
 
 
 def lr_of(run):
-    return json.loads((run / "config.json").read_text())["train"]["lr"]
+    return json.loads((run / "config.json").read_text())["config"]["lr"]
 
 
 def sweep_fields():
@@ -191,7 +344,6 @@ def test_diverged_runs_are_listed_never_averaged():
     assert aggregate([diverged]) == []
 
 
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
 def test_storage_keeps_a_diverged_trial_as_a_record_without_metrics(journal_sweep, tmp_path):
     import optuna
     out, _ = journal_sweep
@@ -315,65 +467,102 @@ def postgres_url():
         shutil.rmtree(data, ignore_errors=True)
 
 
-def test_postgres_two_workers_each_slot_once_and_a_killed_trial_is_retried(postgres_url, tiny_data, tmp_path):
+def kill_a_worker_at(point, postgres_url, tiny_data, tmp_path):
+    """Two workers on one sweep; the first waits at ``point`` of its first trial (sweep._hold,
+    reached before the second starts) and is killed there, so the kill lands at that point
+    however loaded the machine is. Returns (storage, out, the victim's trial as it was killed,
+    its run directory's files then, lr study, seeds study) once the survivor has finished."""
     import optuna
-    out = tmp_path / "out"
+    name, out, held = f"pg-{point}", tmp_path / "out", tmp_path / "held"
     storage = sweep.open_storage(postgres_url, 1, 4)
-    options = {"hidden_size": 4, "batch_size": 64, "epochs": 8, "weight_noise": 0.0,
+    options = {"model": {"hidden_size": 4, "weight_noise": 0.0}, "batch_size": 64, "epochs": 3,
                "patience": 20, "data_dir": str(tiny_data)}
-    config = sweep.SweepConfig(name="pg", datasets=["jsb"], cells=["gru"], trials=3, seeds=2,
+    config = sweep.SweepConfig(name=name, datasets=["jsb"], cells=["gru"], trials=3, seeds=2,
                                options=options)
     assert sweep.create(storage, config) == 3
     cmd = [sys.executable, "-m", "gatedrnn.cli", "worker", "--storage", postgres_url, "--study",
-           "pg", "--out", str(out), "--heartbeat-interval", "1", "--grace-period", "4", "--poll", "0.3"]
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    workers = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-               for _ in range(2)]
+           name, "--out", str(out), "--heartbeat-interval", "1", "--grace-period", "4",
+           "--poll", "0.3"]
+    env = {k: v for k, v in os.environ.items() if k != sweep.HOLD}
+    env.update(PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    logs = [tmp_path / "victim.log", tmp_path / "survivor.log"]
+
+    def start(env, log):
+        with open(log, "wb") as f:
+            return subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+    victim, survivor = start({**env, sweep.HOLD: f"{point}:{held}"}, logs[0]), None
     try:
-        lr_study = optuna.load_study(study_name="pg/jsb/gru/paper/lr", storage=storage)
-        deadline, victim = time.monotonic() + 120, None
-        while victim is None and time.monotonic() < deadline:    # a trial that is really training
-            for t in lr_study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-                if "worker" in t.user_attrs and (Path(t.user_attrs["run_dir"]) / "curves.csv").exists():
-                    victim = t
-                    break
+        deadline = time.monotonic() + 300
+        while not held.exists():          # written at ``point``, where the victim then stays
+            assert victim.poll() is None, logs[0].read_text()
+            assert time.monotonic() < deadline, "the victim did not reach " + point
             time.sleep(0.05)
-        assert victim is not None, "no trial started training within 120 s"
-        pid = int(victim.user_attrs["worker"].rsplit(":", 1)[1])
-        killed = next(w for w in workers if w.pid == pid)
-        os.kill(pid, signal.SIGKILL)
-        survivor = next(w for w in workers if w is not killed)
-        output = survivor.communicate(timeout=120)[0].decode()
-        assert survivor.returncode == 0, output
-        assert killed.wait() == -signal.SIGKILL
+        survivor = start(env, logs[1])
+        lr_study = optuna.load_study(study_name=f"{name}/jsb/gru/paper/lr", storage=storage)
+        (dead,) = [t for t in lr_study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+                   if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
+        files = sorted(p.name for p in Path(dead.user_attrs["run_dir"]).iterdir())
+        os.kill(victim.pid, signal.SIGKILL)
+        assert victim.wait(timeout=60) == -signal.SIGKILL
+        assert survivor.wait(timeout=300) == 0, logs[1].read_text()
     finally:
-        for w in workers:
-            if w.poll() is None:
+        for w in (victim, survivor):
+            if w is not None and w.poll() is None:
                 w.kill()
                 w.wait()
+    seeds_study = optuna.load_study(study_name=f"{name}/jsb/gru/paper/seeds", storage=storage)
+    return storage, out, dead, files, lr_study, seeds_study
 
-    lr_trials = lr_study.get_trials()
-    seeds_trials = optuna.load_study(study_name="pg/jsb/gru/paper/seeds", storage=storage).get_trials()
-    dead = lr_trials[victim.number]
-    assert dead.state.name == "FAIL" and "metrics" not in dead.user_attrs
-    retries = [t for t in lr_trials if t.system_attrs.get("failed_trial") == victim.number]
-    assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
-    assert retries[0].user_attrs["slot"] == victim.user_attrs["slot"]
-    for trials, n in ((lr_trials, 3), (seeds_trials, 2)):     # every slot exactly once
+
+def check_each_slot_once(postgres_url, tiny_data, storage, out, dead, lr_study, seeds_study):
+    """The killed trial failed, one retry of it settled its slot, every slot is done exactly
+    once in the storage and on disk, and the coordinator then trains nothing."""
+    lr_trials, seeds_trials = lr_study.get_trials(), seeds_study.get_trials()
+    killed = lr_trials[dead.number]
+    assert killed.state.name == "FAIL" and "metrics" not in killed.user_attrs
+    (retry,) = [t for t in lr_trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert retry.state.name == "COMPLETE" and retry.user_attrs["slot"] == dead.user_attrs["slot"]
+    for trials, n in ((lr_trials, 3), (seeds_trials, 2)):
         complete = [t.user_attrs["slot"] for t in trials if t.state.name == "COMPLETE"]
         assert sorted(complete) == list(range(n))
         assert all(t.state.name in ("COMPLETE", "FAIL") for t in trials)
-    runs = finished_runs(out)
+    runs, name = finished_runs(out), lr_study.study_name.split("/")[0]
     assert len(runs) == 5                                       # 3 lrs + 2 seeds, none twice
-    assert not (Path(victim.user_attrs["run_dir"]) / "metrics.json").exists()
+    assert (sorted((r["phase"], r["trial"], r["run_dir"]) for r in sweep.records(storage, name))
+            == sorted((r["phase"], r["trial"], r["run_dir"]) for r in records_from_run_dirs(out)))
 
-    # the coordinator on the finished sweep: trains nothing, writes the table from the storage
-    before = stamp(runs)
-    assert main(["reproduce", "--storage", postgres_url, "--study", "pg", "--datasets", "jsb",
+    before = stamp(runs)                      # the coordinator: the table from the storage
+    assert main(["reproduce", "--storage", postgres_url, "--study", name, "--datasets", "jsb",
                  "--cells", "gru", "--trials", "3", "--seeds", "2", "--out", str(out),
                  "--data-dir", str(tiny_data), "--hidden-size", "4", "--batch-size", "64",
-                 "--epochs", "8", "--weight-noise", "0", "--patience", "20", "--workers", "0",
+                 "--epochs", "3", "--weight-noise", "0", "--patience", "20", "--workers", "0",
                  "--poll", "0.2"]) == 0
     row = json.loads((out / "table2.json").read_text())[0]
     assert row["seeds"] == 2 and stamp(finished_runs(out)) == before
     assert math.isfinite(row["test_nll_mean"])
+    return retry
+
+
+def test_postgres_a_worker_killed_while_training_is_retried_each_slot_once(postgres_url,
+                                                                          tiny_data, tmp_path):
+    storage, out, dead, files, lr_study, seeds_study = kill_a_worker_at(
+        "training", postgres_url, tiny_data, tmp_path)
+    assert "config.json" in files and "metrics.json" not in files      # killed in epoch 1
+    retry = check_each_slot_once(postgres_url, tiny_data, storage, out, dead, lr_study, seeds_study)
+    assert not (Path(dead.user_attrs["run_dir"]) / "metrics.json").exists()
+    assert "adopted" not in retry.user_attrs                            # trained again
+    assert retry.user_attrs["run_dir"] != dead.user_attrs["run_dir"]
+
+
+def test_postgres_a_worker_killed_before_reporting_its_run_is_adopted(postgres_url, tiny_data,
+                                                                      tmp_path):
+    storage, out, dead, files, lr_study, seeds_study = kill_a_worker_at(
+        "trained", postgres_url, tiny_data, tmp_path)
+    assert "metrics.json" in files                                      # finished, not reported
+    done = Path(dead.user_attrs["run_dir"])
+    metrics, before = json.loads((done / "metrics.json").read_text()), stamp([done])
+    retry = check_each_slot_once(postgres_url, tiny_data, storage, out, dead, lr_study, seeds_study)
+    assert retry.user_attrs["adopted"] == dead.number and retry.user_attrs["run_dir"] == str(done)
+    assert retry.value == metrics["valid_nll"] and retry.user_attrs["metrics"] == metrics
+    assert stamp([done]) == before                                       # not trained again
+    assert not sweep.run_dir_of(out, "jsb", "gru", "paper", "lr", retry.number).exists()

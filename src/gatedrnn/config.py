@@ -146,6 +146,17 @@ def from_dict(cls, d, source="config"):
         raise UserError(f"{source}: bad config value ({describe(e)})") from None
 
 
+def flatten(d, prefix=""):
+    """{"model.cell": ..., "lr": ...} of a nested settings dict."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def _nested_type(f):
     """The dataclass type of a field that holds one (TrainConfig.model), else None."""
     factory = f.default_factory

@@ -15,18 +15,24 @@ attrs; workers only pop waiting trials (never sample new ones), so each slot run
 study is created by the first worker that sees a group's lr phase settled: creating a study is
 atomic in every Optuna storage, so exactly one worker enqueues the seeds.
 
-Failures. A worker records a heartbeat while it trains (RDBStorage's ``heartbeat_interval``; for
-the journal file, ``HeartbeatJournalStorage`` below, since Optuna 5.0's JournalStorage has none).
-Idle workers fail trials whose heartbeat is older than ``grace_period`` and
-``RetryHeartbeatStaleTrialCallback`` enqueues a copy (same slot) that another worker runs; the
-killed attempt's run directory stays, without metrics.json. A slot counts once: results are
-deduplicated by slot. A trial whose loss goes non-finite is *diverged*: settled, no result.
+Failures. A worker records a heartbeat while it holds a trial: Optuna's on RDBStorage
+(``heartbeat_interval``); on the journal file, which has none in Optuna 5, the trial's HEARTBEAT
+system attr (``HeartbeatJournalStorage``). Idle workers fail trials whose heartbeat is older than
+``grace_period`` (``fail_stale_trials``) and enqueue a copy of each (same slot, Optuna's
+``RetryHeartbeatStaleTrialCallback``) that another worker runs. Results are on disk before they
+are in the storage, so a retry first looks at its slot's earlier attempts: a finished run there
+(the worker died after writing metrics.json, before reporting it) is adopted, not trained again
+(``finished_attempt``). A killed attempt's run directory stays, without metrics.json or with a
+"stopped" entry; a slot counts once. A trial whose loss goes non-finite is *diverged*: settled,
+no result.
 
 Each attempt trains with ``train.train(config, run_dir)`` into a fresh run directory
 ``OUT/runs/<dataset>/<cell>/<variant>/<phase>/trial-NNNN`` (the trial number) and records the run
 dir, config and metrics as trial user attrs. Re-running the coordinator resumes: settled slots are
 not trained again; slots left without a live trial (a crash, too many retries) are enqueued again.
 """
+import copy
+import functools
 import math
 import os
 import re
@@ -36,7 +42,7 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +57,12 @@ LR_RANGE = (1e-4, 1e-2)   # log-uniform; the paper's U(-12, -6) leaves the log's
 PHASES = ("lr", "seeds")
 MAX_RETRY = 3             # a slot whose worker died this many times is left for the next resume
 JOURNAL_FILE = "optuna-journal.log"
+RESOLVED = {"model.hidden_size", "model.input_size", "model.output_size", "model.head"}
 SWEPT = {"dataset": None, "lr": None, "seed": None, "cell": "model", "variant": "model"}
 # the TrainConfig fields the sweep sets itself, and the nested config each lives in
 HEARTBEAT = "heartbeat"   # trial system attr: unix time of the last heartbeat (journal storage)
+SLOT_ATTRS = ("slot", "phase", "lr", "seed")   # an enqueued trial's user attrs; a retry's too
+HOLD = "GATEDRNN_SWEEP_HOLD"   # test hook, read by workers only: see _hold
 
 
 @dataclass
@@ -153,40 +162,64 @@ def _optuna():
     return optuna
 
 
-def _heartbeat_journal_storage():
+@functools.cache
+def _journal_storage_class():
     optuna = _optuna()
-    from optuna.storages._heartbeat import BaseHeartbeat
 
-    class HeartbeatJournalStorage(optuna.storages.JournalStorage, BaseHeartbeat):
-        """JournalStorage with Optuna's heartbeat protocol: a heartbeat is a trial system attr
-        holding the writer's unix time; a RUNNING trial whose last heartbeat (or start) is older
-        than ``grace_period`` is stale. Clocks of the machines sharing the file must agree to
-        within the grace period."""
+    class HeartbeatJournalStorage(optuna.storages.JournalStorage):
+        """Optuna's JournalStorage with the two heartbeat methods RDBStorage has: Optuna 5's
+        journal has no heartbeat, so a trial's heartbeat is its HEARTBEAT system attr (the
+        writer's unix time), and fail_stale_trials() below judges it against ``grace_period``.
+        Clocks of the machines sharing the file must agree to within the grace period."""
 
-        def __init__(self, backend, heartbeat_interval, grace_period, callback):
+        def __init__(self, backend, heartbeat_interval, grace_period):
             super().__init__(backend)
             self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
-            self.stale_callback = callback
 
         def record_heartbeat(self, trial_id):
             self.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
 
-        def _get_stale_trial_ids(self, study_id):
-            now, stale = time.time(), []
-            for t in self.get_all_trials(study_id, deepcopy=False,
-                                         states=(optuna.trial.TrialState.RUNNING,)):
-                beat = t.system_attrs.get(HEARTBEAT) or t.datetime_start.timestamp()
-                if now - beat > self.grace_period:
-                    stale.append(t._trial_id)
-            return stale
-
         def get_heartbeat_interval(self):
             return self.heartbeat_interval
 
-        def get_heartbeat_stale_trial_callback(self):
-            return self.stale_callback
-
     return HeartbeatJournalStorage
+
+
+def _retry_stale(study, trial):
+    """Optuna's RetryHeartbeatStaleTrialCallback (a WAITING copy, at most MAX_RETRY times),
+    given only the slot's attrs: what the lost attempt recorded (run_dir, worker, metrics, its
+    last heartbeat) is not its retry's."""
+    optuna = _optuna()
+    trial = copy.copy(trial)                   # the storage's object is not ours to change
+    trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k in SLOT_ATTRS}
+    trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != HEARTBEAT}
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
+
+
+def fail_stale_trials(storage, study):
+    """Fail the RUNNING trials of ``study`` whose heartbeat is older than the grace period and
+    enqueue a retry of each (``_retry_stale``): Optuna's fail_stale_trials on RDBStorage; the
+    same protocol, through public storage calls, on the journal (see HeartbeatJournalStorage),
+    where a trial's start counts as its first heartbeat."""
+    optuna = _optuna()
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+    if not isinstance(storage, _journal_storage_class()):
+        optuna.storages.fail_stale_trials(study)
+        return
+    now = time.time()
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = t.system_attrs.get(HEARTBEAT) or t.datetime_start.timestamp()
+        if now - beat <= storage.grace_period:
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        try:
+            if not storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:       # another worker failed it first, or it finished
+            continue
+        _retry_stale(study, storage.get_trial(trial_id))
 
 
 def default_storage(out):
@@ -201,7 +234,6 @@ def open_storage(url, heartbeat_interval=30, grace_period=120):
             and isinstance(grace_period, int) and grace_period > heartbeat_interval):
         raise UserError(f"heartbeat interval and grace period must be integers with 0 < interval "
                         f"< grace, got {heartbeat_interval!r} and {grace_period!r}")
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
     if url.startswith("journal:"):
         path = Path(url[len("journal:"):])
         if not path.parent.is_dir():
@@ -211,7 +243,7 @@ def open_storage(url, heartbeat_interval=30, grace_period=120):
             backend = JournalFileBackend(str(path))
         except OSError as e:
             raise UserError(f"storage {url!r}: cannot open the journal file ({describe(e)})") from None
-        return _heartbeat_journal_storage()(backend, heartbeat_interval, grace_period, retry)
+        return _journal_storage_class()(backend, heartbeat_interval, grace_period)
     if "://" not in url:
         raise UserError(f"storage {url!r}: expected journal:PATH or a database URL such as "
                         "postgresql://user@host:5432/db")
@@ -219,7 +251,7 @@ def open_storage(url, heartbeat_interval=30, grace_period=120):
     try:
         return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval,
                                           grace_period=grace_period,
-                                          heartbeat_stale_trial_callback=retry)
+                                          heartbeat_stale_trial_callback=_retry_stale)
     except Exception as e:        # sqlalchemy: unknown dialect, no driver, no server, bad login
         raise UserError(f"storage {shown!r}: cannot connect "
                         f"({describe(e).splitlines()[0][:300]})") from None
@@ -399,7 +431,6 @@ def _fill_seeds(lr_study, seeds, seed, n):
 def work(storage, sweep, out, data_dir=None, log=print, poll=2.0, max_trials=None):
     """Run waiting trials of sweep ``sweep`` until nothing is waiting, running or advanceable.
     Returns the number of trials this worker ran."""
-    optuna = _optuna()
     manifest = _load(storage, sweep)
     if manifest is None:
         raise UserError(f"no sweep {sweep!r} in this storage; create it with gatedrnn reproduce")
@@ -417,7 +448,7 @@ def work(storage, sweep, out, data_dir=None, log=print, poll=2.0, max_trials=Non
                 for phase in PHASES:
                     study = _load(storage, study_name(sweep, *group, phase))
                     if study is not None:
-                        optuna.storages.fail_stale_trials(study)
+                        fail_stale_trials(storage, study)
             time.sleep(poll)
             manifest = _load(storage, sweep)
             continue
@@ -477,60 +508,137 @@ class _Heartbeat:
 
 
 def run_trial(storage, study, trial_id, group, phase, settings, out, data_dir, cache, log):
-    """Train one popped trial into its own run directory; tell the study how it went."""
+    """Train one popped trial into its own run directory, or adopt the finished run of a lost
+    earlier attempt of its slot (``finished_attempt``); record how it went in the storage."""
+    with _Heartbeat(storage, trial_id):         # alive from the pop on, until reported
+        _run_trial(storage, study, trial_id, group, phase, settings, out, data_dir, cache, log)
+
+
+def _run_trial(storage, study, trial_id, group, phase, settings, out, data_dir, cache, log):
     optuna = _optuna()
     from .train import NonFiniteLoss, load_config_data, train
     dataset, cell, variant = group
-    trial = optuna.trial.Trial(study, trial_id)
-    attrs = trial.user_attrs
-    lo, hi = settings["lr_range"]
-    lr = trial.suggest_float("lr", lo, hi, log=True)
+    trial = storage.get_trial(trial_id)
+    attrs, lr = trial.user_attrs, trial.user_attrs["lr"]
+    if "lr" not in trial.params:                # a retry has its original's
+        lo, hi = settings["lr_range"]
+        lr_range = optuna.distributions.FloatDistribution(lo, hi, log=True)
+        storage.set_trial_param(trial_id, "lr", lr_range.to_internal_repr(lr), lr_range)
     options = dict(settings["options"])
     if data_dir is not None:
         options["data_dir"] = str(Path(data_dir).resolve())
     config = trial_config(options, dataset, cell, variant, lr, attrs["seed"])
+    name = (f"{study.study_name} trial {trial.number} (slot {attrs['slot']}, lr {lr:.3g}, "
+            f"seed {attrs['seed']})")
+    earlier = finished_attempt(study, trial, out, phase, config)
+    if earlier is not None:
+        _adopt(storage, trial_id, *earlier, config, log, name)
+        return
     run_dir = run_dir_of(out, dataset, cell, variant, phase, trial.number)
     if run_dir.exists() and any(run_dir.iterdir()):
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        _report(storage, trial_id, {}, None, log, name)
         raise UserError(f"{run_dir} exists but trial {trial.number} of {study.study_name} never "
                         "ran there: the output directory holds another sweep's runs; use a fresh "
                         "--out or that sweep's --storage")
-    trial.set_user_attr("run_dir", str(run_dir.resolve()))
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-    name = f"{study.study_name} trial {trial.number} (slot {attrs['slot']}, lr {lr:.3g}, seed {attrs['seed']})"
+    storage.set_trial_user_attr(trial_id, "run_dir", str(run_dir.resolve()))
+    storage.set_trial_user_attr(trial_id, "worker", f"{socket.gethostname()}:{os.getpid()}")
     log(f"start  {name}")
+    hold = os.environ.get(HOLD, "")
     key = (config.dataset, config.data_dir, config.sample_rate, config.steps_per_quarter)
     try:
-        with _Heartbeat(storage, trial_id):
-            if key not in cache:
-                cache[key] = load_config_data(config)
-            metrics = train(config, run_dir, cache[key], log=lambda line: None)
+        if key not in cache:
+            cache[key] = load_config_data(config)
+        metrics = train(config, run_dir, cache[key], log=lambda line: None,
+                        progress=lambda *_: _hold(hold, "training"))
+        _hold(hold, "trained")
     except NonFiniteLoss as e:
-        trial.set_user_attr("diverged", str(e))
-        _tell(study, trial, None, log, name)
-        log(f"diverged {name}: {e}")
+        if _report(storage, trial_id, {"diverged": str(e)}, None, log, name):
+            log(f"diverged {name}: {e}")
         return
     except BaseException as e:
-        trial.set_user_attr("error", describe(e)[:500])
-        _tell(study, trial, None, log, name)
+        _report(storage, trial_id, {"error": describe(e)[:500]}, None, log, name)
         raise
-    trial.set_user_attr("config", config.to_dict())
-    trial.set_user_attr("metrics", metrics)
-    _tell(study, trial, metrics["valid_nll"], log, name)
-    log(f"done   {name}: valid {metrics['valid_nll']:.3f}  test {metrics['test_nll']:.3f}  "
-        f"({metrics['epochs']} epochs, {metrics['seconds']:.0f} s)")
+    if metrics.get("stopped"):                  # SIGINT / SIGTERM while training: not a result
+        why = metrics["stopped"]
+        _report(storage, trial_id, {"error": f"stopped by {why['reason']} in epoch {why['epoch']}"},
+                None, log, name)
+        raise KeyboardInterrupt
+    if _report(storage, trial_id, {"config": config.to_dict(), "metrics": metrics},
+               metrics["valid_nll"], log, name):
+        log(f"done   {name}: valid {metrics['valid_nll']:.3f}  test {metrics['test_nll']:.3f}  "
+            f"({metrics['epochs']} epochs, {metrics['seconds']:.0f} s)")
 
 
-def _tell(study, trial, value, log, name):
+def finished_attempt(study, trial, out, phase, config):
+    """(number, run_dir, metrics) of an earlier attempt of ``trial``'s slot (failed: its worker
+    died) whose run directory holds a finished run of ``config``, else None. A worker killed
+    between writing metrics.json and reporting it leaves such a run; its retry adopts it rather
+    than train the slot again. A run stopped by a signal is no result; one that diverged is."""
+    from . import rundir
+    from .config import flatten
+    from optuna.trial import TrialState
+    mine = flatten(_jsonish(config.to_dict()))
+    for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if t.number >= trial.number or t.user_attrs.get("slot") != trial.user_attrs["slot"]:
+            continue
+        run_dir = run_dir_of(out, config.dataset, config.model.cell, config.model.variant, phase,
+                             t.number)
+        if not (run_dir / rundir.METRICS).is_file():
+            continue
+        try:
+            metrics = rundir.read_json(run_dir / rundir.METRICS)
+            saved = flatten(rundir.read_json(run_dir / rundir.CONFIG)["config"])
+        except (UserError, KeyError, TypeError, AttributeError):
+            continue
+        # the saved config is resolved (sizes filled in): what the slot left open may differ
+        if any(saved.get(k) != v for k, v in mine.items()
+               if k != "data_dir" and not (v is None and k in RESOLVED)):
+            continue                            # not this slot's run
+        reason = (metrics.get("stopped") or {}).get("reason")
+        if (reason is None and "valid_nll" in metrics) or reason == "non-finite":
+            return t.number, run_dir, metrics
+    return None
+
+
+def _adopt(storage, trial_id, number, run_dir, metrics, config, log, name):
+    """Report attempt ``number``'s finished run (finished_attempt) as this trial's own."""
+    stopped = metrics.get("stopped")            # only a non-finite loss: diverged, as in training
+    attrs = {"run_dir": str(run_dir.resolve()), "adopted": number, "config": config.to_dict()}
+    attrs.update({"diverged": stopped.get("error", "non-finite")} if stopped else
+                 {"metrics": metrics})
+    if _report(storage, trial_id, attrs, None if stopped else metrics["valid_nll"], log, name):
+        log(f"adopt  {name}: trial {number} finished it in {run_dir} before it was lost")
+
+
+def _report(storage, trial_id, attrs, value, log, name):
+    """Record ``attrs`` (user attrs) and finish the trial: COMPLETE with ``value``, FAIL when it
+    is None; True if done. A trial failed as stale meanwhile (its retry runs elsewhere) is left
+    as it is: False. Storage calls rather than study.tell, which would raise ValueError, not
+    UpdateFinishedTrialError, for a trial already finished."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
     try:
+        for key, v in attrs.items():
+            storage.set_trial_user_attr(trial_id, key, v)
         if value is None:
-            study.tell(trial, state=TrialState.FAIL)
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
         else:
-            study.tell(trial, value)
+            storage.set_trial_state_values(trial_id, TrialState.COMPLETE, [float(value)])
     except UpdateFinishedTrialError:
         log(f"lost   {name}: its heartbeat went stale and another worker retries it")
+        return False
+    return True
+
+
+def _hold(hold, point):
+    """Test hook (tests/test_sweep.py, which kills workers at these points): with
+    GATEDRNN_SWEEP_HOLD=POINT:FILE in a worker's environment (``hold``), the worker creates FILE
+    on reaching POINT ("training": inside the first epoch, before any metrics.json; "trained":
+    metrics.json written, not yet reported) and waits there, its heartbeat going, until killed."""
+    at, _, path = hold.partition(":")
+    if at == point:
+        Path(path).write_text(f"{os.getpid()}\n")
+        threading.Event().wait()
 
 
 # ---------------------------------------------------------------------------------- results
@@ -549,7 +657,8 @@ def records(storage, sweep):
                 diverged = t.state.name == "FAIL" and "diverged" in t.user_attrs
                 if done or diverged:
                     a = t.user_attrs
-                    out.append(record(*group, phase, t.params["lr"], a["seed"], t.number,
+                    number = a.get("adopted", t.number)       # the attempt that trained it
+                    out.append(record(*group, phase, t.params["lr"], a["seed"], number,
                                       a["run_dir"], a.get("config"), a.get("metrics"),
                                       diverged=a["diverged"] if diverged else None))
     return out
@@ -564,11 +673,15 @@ def settings_of(storage, sweep):
 
 # ---------------------------------------------------------------------------------- coordinator
 
-def worker_env():
-    """The environment for a local worker: this very gatedrnn package first on the path."""
+def worker_env(workers=1):
+    """The environment for a local worker: this very gatedrnn package first on the path, and
+    the machine's cores shared among the workers (torch's threads, which the kernels follow),
+    unless OMP_NUM_THREADS says otherwise."""
     here = str(Path(__file__).resolve().parents[1])
     path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": here + (os.pathsep + path if path else "")}
+    env = {**os.environ, "PYTHONPATH": here + (os.pathsep + path if path else "")}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, workers))))
+    return env
 
 
 def reproduce(config: SweepConfig, out, storage_url=None, workers=1, heartbeat_interval=30,
@@ -595,7 +708,7 @@ def reproduce(config: SweepConfig, out, storage_url=None, workers=1, heartbeat_i
         for k in range(workers):
             with open(logs / f"worker-{k}.log", "ab") as f:
                 procs.append(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
-                                              env=worker_env()))
+                                              env=worker_env(workers)))
     try:
         last = None
         while True:

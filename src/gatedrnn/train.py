@@ -21,7 +21,7 @@ import torch
 
 from . import rundir
 from .cells import count_parameters, unit_class
-from .config import ModelConfig, TrainConfig, from_dict
+from .config import ModelConfig, TrainConfig, flatten, from_dict
 from .data import Data, load_data
 from .data.batching import length_sorted_batches
 from .errors import UserError, describe
@@ -256,19 +256,8 @@ def _check_resume(config, run_dir):
     return parts, state
 
 
-def _flat(d, prefix=""):
-    """{"model.cell": ..., "lr": ...} of a nested settings dict."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
 def _same_settings(config, saved, source):
-    given, saved = _flat(config.to_dict()), _flat(saved) if isinstance(saved, dict) else {}
+    given, saved = flatten(config.to_dict()), flatten(saved) if isinstance(saved, dict) else {}
     differ = sorted(k for k in set(given) | set(saved) if given.get(k) != saved.get(k))
     if differ:
         detail = ", ".join(f"{k} (saved {saved.get(k)!r}, given {given.get(k)!r})" for k in differ)
