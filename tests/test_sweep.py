@@ -233,8 +233,12 @@ def test_which_run_of_an_earlier_attempt_a_retry_adopts(left, lr_factor, adopted
     storage.set_trial_system_attr(first_id, sweep.HEARTBEAT, time.time() - 10)
     sweep.fail_stale_trials(storage, study)
     trained = []
-    monkeypatch.setattr(gatedrnn.train, "train", lambda config, run_dir, *a, **k: trained.append(
-        run_dir) or {"valid_nll": 9.0, "test_nll": 9.5, "epochs": 2, "seconds": 0.1})
+    def fake_train(config, run_dir, *args, **kwargs):      # writes what a real run writes first
+        trained.append(run_dir)
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.json").write_text(json.dumps({"config": config.to_dict()}))
+        return {"valid_nll": 9.0, "test_nll": 9.5, "epochs": 2, "seconds": 0.1}
+    monkeypatch.setattr(gatedrnn.train, "train", fake_train)
     assert sweep.work(storage, "ad", out, log=lambda line: None, max_trials=1) == 1
     (_, retry) = study.get_trials()
     assert retry.system_attrs["failed_trial"] == first.number

@@ -563,7 +563,7 @@ def _run_trial(storage, study, trial_id, group, phase, settings, out, data_dir, 
         _report(storage, trial_id, {"error": f"stopped by {why['reason']} in epoch {why['epoch']}"},
                 None, log, name)
         raise KeyboardInterrupt
-    if _report(storage, trial_id, {"config": config.to_dict(), "metrics": metrics},
+    if _report(storage, trial_id, {"config": _run_config(run_dir), "metrics": metrics},
                metrics["valid_nll"], log, name):
         log(f"done   {name}: valid {metrics['valid_nll']:.3f}  test {metrics['test_nll']:.3f}  "
             f"({metrics['epochs']} epochs, {metrics['seconds']:.0f} s)")
@@ -603,11 +603,18 @@ def finished_attempt(study, trial, out, phase, config):
 def _adopt(storage, trial_id, number, run_dir, metrics, config, log, name):
     """Report attempt ``number``'s finished run (finished_attempt) as this trial's own."""
     stopped = metrics.get("stopped")            # only a non-finite loss: diverged, as in training
-    attrs = {"run_dir": str(run_dir.resolve()), "adopted": number, "config": config.to_dict()}
+    attrs = {"run_dir": str(run_dir.resolve()), "adopted": number, "config": _run_config(run_dir)}
     attrs.update({"diverged": stopped.get("error", "non-finite")} if stopped else
                  {"metrics": metrics})
     if _report(storage, trial_id, attrs, None if stopped else metrics["valid_nll"], log, name):
         log(f"adopt  {name}: trial {number} finished it in {run_dir} before it was lost")
+
+
+def _run_config(run_dir):
+    """The settings a run directory's config.json holds (resolved: sizes filled in), as the
+    report reads them from there too."""
+    from .train import read_run
+    return read_run(run_dir)[0].to_dict()
 
 
 def _report(storage, trial_id, attrs, value, log, name):
