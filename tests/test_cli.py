@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+import gatedrnn
 from gatedrnn.cli import main
 
 
@@ -27,10 +29,11 @@ def test_train_smoke_per_unit_then_eval(cell, tmp_path, polyphonic_dir):
     assert "epoch   1" in r.stdout                                 # plain log lines off a terminal
     metrics = json.loads((run / "metrics.json").read_text())
     config = json.loads((run / "config.json").read_text())
-    assert config["train"]["cell"] == cell and config["model"]["hidden_size"] == {
-        "tanh": 100, "gru": 46, "lstm": 36}[cell]
+    model = config["config"]["model"]
+    assert model["cell"] == cell and model["hidden_size"] == {"tanh": 100, "gru": 46, "lstm": 36}[cell]
     assert metrics["recurrent_params"] == {"tanh": 18_900, "gru": 18_630, "lstm": 18_108}[cell]
-    assert config["backend"] == metrics["backend"] == config["model"]["backend"] == "fast"
+    assert config["backend"] == metrics["backend"] == model["backend"] == "fast"
+    assert config["gatedrnn"] == gatedrnn.__version__ and "commit" in config
     r = run_cli("eval", run)
     assert r.returncode == 0, r.stderr
     test_line = next(line for line in r.stdout.splitlines() if line.startswith("test_nll "))
@@ -46,7 +49,7 @@ def test_compare_prints_table_beside_paper(tmp_path, polyphonic_dir):
             line.startswith("| lstm")]
     assert len(rows) == 2
     assert "| 8.54 |" in rows[0] and "| 8.67 |" in rows[1]       # the paper's JSB test NLLs
-    assert (tmp_path / "gru" / "metrics.json").is_file()
+    assert (tmp_path / "jsb" / "gru" / "metrics.json").is_file()
 
 
 def test_data_dir_from_environment(tmp_path, polyphonic_dir):
@@ -64,7 +67,11 @@ def test_params_prints_table1(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["train", "--dataset", "mnist", "--cell", "gru", "--run-dir", "x"], "unknown dataset 'mnist'"),
-    (["train", "--dataset", "jsb", "--cell", "rnn", "--run-dir", "x"], "invalid choice: 'rnn'"),
+    (["train", "--dataset", "jsb", "--cell", "rnn", "--run-dir", "x"], "unknown unit 'rnn'"),
+    (["train", "--dataset", "jsb", "--cell", "nosuch:Unit", "--run-dir", "x"],
+     "unit 'nosuch:Unit': cannot import Unit from nosuch (ModuleNotFoundError"),
+    (["train", "--hidden-size", "8", "--params", "9000", "--run-dir", "x"],
+     "give --hidden-size or --params, not both"),
     (["train", "--dataset", "jsb", "--cell", "gru", "--lr", "abc", "--run-dir", "x"],
      "argument --lr: invalid float value: 'abc'"),
     (["train", "--dataset", "jsb", "--cell", "gru", "--lr", "-1", "--run-dir", "x"],
@@ -96,11 +103,14 @@ def test_corrupt_model_file_is_a_user_error(tmp_path, polyphonic_dir):
 
 
 def test_bench_prints_ratios():
-    r = run_cli("bench", "--units", "gru", "--tasks", "music", "--batches", "2", "--steps", "5",
-                "--repeats", "1", "--skip-epoch")
+    r = run_cli("bench", "--units", "gru", "mingru", "--tasks", "music", "--batches", "2",
+                "--steps", "5", "--repeats", "1", "--skip-epoch")
     assert r.returncode == 0, r.stderr
-    assert "1 torch thread(s)" in r.stdout
-    assert re.search(r"first use: loading the kernels and a first forward \+ backward of gru took "
-                     r"\d+\.\d\d s", r.stdout)
+    threads = torch.get_num_threads()
+    assert f"ours at torch's" in r.stdout and "torch.nn at 1 and at" in r.stdout
+    fresh = next(line for line in r.stdout.splitlines() if line.startswith("| gru | "))
+    assert re.fullmatch(r"\| gru \| \d+\.\d \| \d+\.\d \|", fresh)
     row = next(line for line in r.stdout.splitlines() if line.startswith("| music | gru | 46 | 2 |"))
-    assert row.count("x |") == 2 and row.endswith("% |")
+    assert re.search(r"\| - \| [\d.]+ \| [\d.]+ \| [\d.]+x \|$", row)      # no reference asked
+    row = next(line for line in r.stdout.splitlines() if line.startswith("| music | mingru | 112 | 2 |"))
+    assert re.search(r"\| [\d.]+ \| [\d.]+ \| - \| - \| [\d.]+x \|$", row)  # scan vs loop

@@ -281,7 +281,8 @@ def cmd_bench(args):
     repeats = args.repeats or (3 if args.quick else 7)
     run(tasks=args.tasks, cells=args.units, batches=args.batches, T=args.steps or
         (100 if args.quick else 200), repeats=repeats, epoch=not args.skip_epoch,
-        data_dir=args.data_dir, epoch_repeats=1 if args.quick else 3)
+        data_dir=args.data_dir, epoch_repeats=1 if args.quick else 3,
+        first_use=not args.skip_first_use, reference=args.reference)
 
 
 def build_parser():
@@ -364,8 +365,8 @@ def build_parser():
     p.add_argument("--params", type=int, help="size every unit to this many recurrent parameters")
     p.set_defaults(func=cmd_params)
 
-    p = sub.add_parser("bench", help="time our units against torch.nn's (forward + backward, "
-                       "and a Nottingham training epoch)")
+    p = sub.add_parser("bench", help="time our units against torch.nn's at its best thread "
+                       "count (forward + backward, a Nottingham training epoch, first use)")
     p.add_argument("--units", nargs="+", choices=list(UNITS), default=list(PAPER_UNITS))
     from .bench import TASKS
     p.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS),
@@ -375,7 +376,11 @@ def build_parser():
     p.add_argument("--steps", type=int, help="time steps (default 200; 100 with --quick)")
     p.add_argument("--repeats", type=int, help="interleaved repeats (default 7; 3 with --quick)")
     p.add_argument("--quick", action="store_true", help="fewer repeats and steps, one epoch")
+    p.add_argument("--reference", action="store_true",
+                   help="also time our reference loop for the paper's units")
     p.add_argument("--skip-epoch", action="store_true", help="no Nottingham training epoch")
+    p.add_argument("--skip-first-use", action="store_true",
+                   help="no first-use timing (new processes with an empty and a filled cache)")
     p.add_argument("--data-dir", help="directory holding Nottingham.mat (default "
                    "$GATEDRNN_DATA_DIR, else the download cache)")
     p.set_defaults(func=cmd_bench)

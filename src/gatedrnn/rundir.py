@@ -76,6 +76,8 @@ def read_json(path):
         raise UserError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: not a readable JSON file ({e})") from None
+    except RecursionError:
+        raise UserError(f"{path}: not a readable JSON file (nested too deeply)") from None
 
 
 def save_model(path, state_dict, config):

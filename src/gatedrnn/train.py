@@ -133,8 +133,11 @@ def build_model(config):
 
 def new_model(mc: ModelConfig):
     """SequenceModel(mc), or a UserError if it cannot fit in this machine's memory."""
-    params = count_parameters(unit_class(mc.cell), mc.input_size, mc.hidden_size, mc.variant,
-                              mc.num_layers)
+    try:
+        params = count_parameters(unit_class(mc.cell), mc.input_size, mc.hidden_size, mc.variant,
+                                  mc.num_layers)
+    except RuntimeError:                     # a shape past what a tensor can hold, even on meta
+        raise UserError(f"hidden_size {mc.hidden_size}: the model is too large to build") from None
     need = 6 * 4 * params          # float32 weights, gradients, 2 optimizer buffers, noise, best copy
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if need > memory:
