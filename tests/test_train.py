@@ -88,6 +88,64 @@ def test_paper_rmsprop_matches_hand_computation():
     assert torch.allclose(p.detach(), x, rtol=0, atol=1e-7)
 
 
+def test_paper_rmsprop_caps_the_joint_step_not_the_velocity():
+    """The released code's momentum_clipping: each update p += s v with s = min(1, cap / ||v||)
+    over all parameters together; the stored velocity keeps its full size."""
+    p, q = torch.nn.Parameter(torch.tensor([1.0, -2.0])), torch.nn.Parameter(torch.tensor([0.5]))
+    opt = PaperRMSprop([p, q], lr=0.5, momentum=0.9, decay=0.95, floor=0.01, max_step=0.3)
+    grads = [(torch.tensor([0.5, 0.001]), torch.tensor([2.0])),
+             (torch.tensor([-0.3, 0.002]), torch.tensor([-1.0])),
+             (torch.tensor([1e-6, 1e-6]), torch.tensor([1e-6]))]
+    ms = [torch.zeros(2), torch.zeros(1)]
+    v = [torch.zeros(2), torch.zeros(1)]
+    x = [p.detach().clone(), q.detach().clone()]
+    scales = []
+    for gs in grads:
+        p.grad, q.grad = gs[0].clone(), gs[1].clone()
+        opt.step()
+        for k, g in enumerate(gs):
+            ms[k] = 0.95 * ms[k] + 0.05 * g * g
+            v[k] = 0.9 * v[k] - 0.5 * g / torch.clamp(ms[k].sqrt(), min=0.01)
+        norm = torch.sqrt(sum((vk ** 2).sum() for vk in v))
+        scales.append(min(1.0, 0.3 / norm.item()))
+        x = [xk + scales[-1] * vk for xk, vk in zip(x, v)]
+        torch.testing.assert_close(opt.state[p]["v"], v[0], rtol=1e-6, atol=1e-7)  # not rescaled
+    assert scales[0] < 1 and scales[1] < 1                          # the cap was binding
+    torch.testing.assert_close(p.detach(), x[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(q.detach(), x[1], rtol=0, atol=1e-6)
+
+
+def test_released_objective_sums_the_nll_and_does_not_clip(tiny_examples):
+    """objective "released": the gradient is that of the NLL summed over notes and steps (the
+    mean objective's times the number of steps), never clipped; "mean" clips it to clip_norm."""
+    batch = pad(tiny_examples["train"][:4])
+    grads = {}
+    for objective in ("mean", "released"):
+        model = SequenceModel(model_config(cell="gru", hidden_size=6, weight_noise=0.0))
+        torch.manual_seed(5)
+        model.load_state_dict(SequenceModel(model_config(cell="gru", hidden_size=6)).state_dict())
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)            # lr 0: inspect the gradient
+        loss, _ = train_step(model, opt, batch, train_config(objective=objective, clip_norm=1e-3))
+        grads[objective] = torch.cat([p.grad.flatten() for p in model.parameters()])
+        assert loss == pytest.approx(model.step_nll(batch.inputs, batch.targets,
+                                                    batch.lengths).sum().item() / batch.steps,
+                                     rel=1e-5)
+    assert grads["mean"].norm().item() == pytest.approx(1e-3, rel=1e-4)          # clipped
+    assert grads["released"].norm().item() > 1e3 * grads["mean"].norm().item()   # summed, free
+    unclipped_mean = grads["released"] / batch.steps
+    assert torch.allclose(grads["mean"] / grads["mean"].norm(),
+                          unclipped_mean / unclipped_mean.norm(), atol=1e-5)
+
+
+def test_released_objective_caps_the_update_in_training():
+    from gatedrnn.train import optimizer_for
+    model = SequenceModel(model_config(cell="tanh", hidden_size=3))
+    opt = optimizer_for(model, train_config(objective="released", max_step=0.5))
+    assert [g["max_step"] for g in opt.param_groups] == [0.5]
+    opt = optimizer_for(model, train_config(objective="mean", max_step=0.5))
+    assert [g["max_step"] for g in opt.param_groups] == [None]
+
+
 def test_learning_rate_decays_linearly_to_one_percent():
     c = train_config(lr=0.02, epochs=500)
     assert lr_at(c, 1) == pytest.approx(0.02)
