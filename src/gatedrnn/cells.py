@@ -48,7 +48,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import kernels
 from .errors import UserError, describe
 from .kernels import BACKENDS
-from .kernels.parallel import log_space_scan
+from .kernels.parallel import recurrence
 
 INITS = ("paper", "torch")
 UNITS = {}               # name -> RecurrentUnit subclass
@@ -567,11 +567,14 @@ class MinGRU(RecurrentUnit):
         h~ = g(W_h x_t + b_h),   g(v) = v + 0.5 (v >= 0), sigmoid(v) (v < 0)
         h_t = (1 - z) * h_{t-1} + z * h~
 
-    so the fast backend computes all steps at once with a parallel scan in log space
-    (kernels/parallel.py); the step is the reference loop. No recurrent matrix: weight noise
-    falls on W alone, and an equal parameter budget buys many more units."""
+    so the fast backend computes the gates of all steps at once, then the recurrence h_t = a_t
+    h_{t-1} + b_t (kernels/parallel.py: one compiled pass on the CPU, the paper's parallel scan
+    in log space elsewhere or with ``scan_method = "log"``); the step is the reference loop. No
+    recurrent matrix: weight noise falls on W alone, and an equal parameter budget buys many
+    more units."""
 
     input_blocks, recurrent_blocks = 2, 0
+    scan_method = "auto"         # kernels.parallel.recurrence: auto | log | linear
 
     def step(self, xw, state, w):
         (h,) = state
@@ -582,7 +585,7 @@ class MinGRU(RecurrentUnit):
     def parallel_scan(self, xw, state, w, mask):
         x_z, x_h = xw.chunk(2, 2)
         log_a, log_b = -F.softplus(x_z), -F.softplus(-x_z) + log_positive(x_h)  # log(1-z), log(z h~)
-        return _scan_output(log_space_scan(log_a, log_b, state[0], mask), mask)
+        return _scan_output(recurrence(log_a, log_b, state[0], mask, self.scan_method), mask)
 
 
 @register("minlstm")
@@ -594,9 +597,10 @@ class MinLSTM(RecurrentUnit):
         h~ = g(W_h x_t + b_h)   (g as in MinGRU)
         h_t = f' * h_{t-1} + i' * h~
 
-    computed all at once by a parallel scan on the fast backend (kernels/parallel.py)."""
+    its recurrence run as MinGRU's on the fast backend (kernels/parallel.py)."""
 
     input_blocks, recurrent_blocks = 3, 0
+    scan_method = "auto"         # kernels.parallel.recurrence: auto | log | linear
 
     def step(self, xw, state, w):
         (h,) = state
@@ -608,7 +612,7 @@ class MinLSTM(RecurrentUnit):
         x_f, x_i, x_h = xw.chunk(3, 2)
         diff = F.softplus(-x_f) - F.softplus(-x_i)          # log i - log f
         log_a, log_b = -F.softplus(diff), -F.softplus(-diff) + log_positive(x_h)
-        return _scan_output(log_space_scan(log_a, log_b, state[0], mask), mask)
+        return _scan_output(recurrence(log_a, log_b, state[0], mask, self.scan_method), mask)
 
 
 def _scan_output(h, mask):

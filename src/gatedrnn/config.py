@@ -50,8 +50,6 @@ class ModelConfig:
         _choice("init", self.init, INITS)
         if self.head is not None:
             _choice("head", self.head, HEADS)
-        if self.hidden_size is not None and self.params is not None:
-            raise UserError("give hidden_size or params, not both")
         for name in ("hidden_size", "params", "input_size", "output_size"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))

@@ -94,7 +94,7 @@ JIT = dict(cache=True, fastmath={"contract"}, nogil=True, error_model="numpy")
 # calls, so the cache lives in a directory named by a hash of every kernel source (an edited
 # helper here can never leave a stale kernel elsewhere).
 
-KERNEL_SOURCES = ("jit.py", "binary.py", "tanh.py", "gru.py", "lstm.py", "../heads.py")
+KERNEL_SOURCES = ("jit.py", "binary.py", "tanh.py", "gru.py", "lstm.py", "parallel.py", "../heads.py")
 
 
 def cache_dir():
