@@ -64,6 +64,13 @@ def _fmt(x):
     return "-" if x is None else f"{x:.2f}"
 
 
+def _pm(row, key):
+    """mean ± std of ``key`` in an aggregated row, or - where the runs lack it."""
+    if row.get(f"{key}_mean") is None:
+        return "-"
+    return f"{row[f'{key}_mean']:.2f} ± {row[f'{key}_std']:.2f}"
+
+
 # ---------------------------------------------------------------------------------- Table 2
 # A record is one finished run: {dataset, cell, variant, phase ("lr" | "seeds"), lr, seed, trial,
 # run_dir, config, metrics}, or one that diverged (a non-finite loss or gradient): metrics None
@@ -71,8 +78,10 @@ def _fmt(x):
 # sweep.records() builds them from the Optuna storage, records_from_run_dirs() from the run
 # directories alone; both feed the same table.
 
-RESULT_FIELDS = ("dataset", "cell", "variant", "test_nll_mean", "test_nll_std", "valid_nll_mean",
-                 "train_nll_mean", "seeds", "lr", "batch_size", "epochs", "seconds")
+RESULT_FIELDS = ("dataset", "cell", "variant", "params", "recurrent_params", "head", "head_params",
+                 "test_nll_mean", "test_nll_std", "test_nll_per_sequence_mean",
+                 "test_nll_per_sequence_std", "valid_nll_mean", "train_nll_mean", "seeds", "lr",
+                 "batch_size", "epochs", "seconds")
 
 
 def record(dataset, cell, variant, phase, lr, seed, trial, run_dir, config, metrics,
@@ -80,8 +89,8 @@ def record(dataset, cell, variant, phase, lr, seed, trial, run_dir, config, metr
     """One record (see above); ``diverged``: the error of a run that diverged (metrics None)."""
     out = {"dataset": dataset, "cell": cell, "variant": variant, "phase": phase, "lr": lr,
            "seed": seed, "trial": trial, "run_dir": run_dir, "config": config, "metrics": metrics}
-    if diverged is not None:
-        out.update(metrics=None, diverged=diverged)
+    if diverged is not None:       # metrics, where there are any: the best model before it did
+        out["diverged"] = diverged
     return out
 
 
@@ -145,7 +154,10 @@ def aggregate(records):
     rows = []
     for (dataset, cell, variant), recs in groups.items():
         diverged = sorted({r["lr"] for r in recs if r.get("diverged") and r["phase"] == "lr"})
-        recs = [r for r in recs if not r.get("diverged")]
+        # a seed that diverged counts with the best model it had before (the protocol keeps the
+        # best-validation model); a learning rate that diverged is not chosen
+        recs = [r for r in recs if not r.get("diverged") or (
+            r["phase"] == "seeds" and r["metrics"] and _finite(r["metrics"].get("test_nll")))]
         if not recs:
             continue                      # every run diverged: nothing to report
         by_lr = {}
@@ -162,10 +174,11 @@ def aggregate(records):
         runs = [per_seed[s] for s in sorted(per_seed)]
         row = {"dataset": dataset, "cell": cell, "variant": variant, "seeds": len(runs),
                "lr": runs[0]["lr"] if runs else best_lr, "lr_candidates": candidates}
-        for split in ("train", "valid", "test"):
-            values = [r["metrics"][f"{split}_nll"] for r in runs]
-            row[f"{split}_nll_mean"] = statistics.fmean(values) if values else None
-            row[f"{split}_nll_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        for key in ("train_nll", "valid_nll", "test_nll", "test_nll_per_sequence"):
+            values = [r["metrics"][key] for r in runs if key in r["metrics"]]
+            row[f"{key}_mean"] = statistics.fmean(values) if values else None
+            row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        row["diverged_seeds"] = sum(1 for r in runs if r.get("diverged"))
         c = (runs or recs)[0]["config"]
         row.update(batch_size=c["batch_size"], max_epochs=c["epochs"], patience=c["patience"],
                    weight_noise=c["model"]["weight_noise"],
@@ -173,6 +186,10 @@ def aggregate(records):
                    best_epoch=statistics.fmean(r["metrics"]["best_epoch"] for r in runs) if runs else None,
                    seconds=statistics.fmean(r["metrics"]["seconds"] for r in runs) if runs else None,
                    params=runs[0]["metrics"]["params"] if runs else None,
+                   recurrent_params=runs[0]["metrics"].get("recurrent_params") if runs else None,
+                   head=c["model"].get("head"),
+                   head_params=runs[0]["metrics"].get("head_params") if runs else None,
+                   hidden_size=c["model"].get("hidden_size"), objective=c.get("objective", "mean"),
                    seed_list=[r["seed"] for r in runs], run_dirs=[r["run_dir"] for r in runs])
         paper = PAPER_TABLE2.get(dataset, {}).get(cell)
         row["paper_train_nll"], row["paper_test_nll"] = paper if paper else (None, None)
@@ -185,11 +202,12 @@ def aggregate(records):
     return rows
 
 
-def table2_markdown(rows, settings=None):
+def table2_markdown(rows, settings=None, title=None):
     """Ours (mean ± std over seeds) beside the paper's Table 2, with the settings that made it."""
     settings = settings or {}
     done = [r for r in rows if r["seeds"]]
-    lines = ["# Table 2: average negative log-likelihood, nats per time step (lower is better)", ""]
+    title = title or "Table 2: average negative log-likelihood, nats per time step (lower is better)"
+    lines = [f"# {title}", ""]
     if done:
         r0 = done[0]
         lrs = sorted({lr for r in rows for lr, _ in r["lr_candidates"]})
@@ -200,18 +218,28 @@ def table2_markdown(rows, settings=None):
                   f"validation NLL trained again with {r0['seeds']} seeds (seeds "
                   f"{', '.join(map(str, r0['seed_list']))}); mean ± sample std over those seeds. "
                   f"Batch {r0['batch_size']}, at most {r0['max_epochs']} epochs, early stopping "
-                  f"patience {r0['patience']}, weight noise {r0['weight_noise']}, 88 inputs. "
+                  f"patience {r0['patience']}, weight noise {r0['weight_noise']}, objective "
+                  f"{r0['objective']}, 88 inputs. `test` averages the NLL over all time steps "
+                  "of the split (each step counts once); `test per sequence` first averages "
+                  "within each sequence, then over sequences (long sequences count less). "
                   "`epochs` and `seconds` are per run, averaged over seeds.", ""]
-    header = ["dataset", "unit", "variant", "params", "lr", "seeds", "train", "valid", "test",
-              "paper train", "paper test", "epochs", "seconds"]
+    header = ["dataset", "unit", "variant", "units", "params (recurrent)", "lr", "seeds", "train",
+              "valid", "test", "test per sequence", "paper train", "paper test", "epochs",
+              "seconds"]
     body = []
     for r in done:
-        body.append([r["dataset"], r["cell"], r["variant"], f"{r['params']:,}", f"{r['lr']:.2e}", r["seeds"],
-                     *(f"{r[f'{s}_nll_mean']:.2f} ± {r[f'{s}_nll_std']:.2f}"
-                       for s in ("train", "valid", "test")),
+        seeds = str(r["seeds"]) + (f" ({r['diverged_seeds']} diverged)" if r["diverged_seeds"] else "")
+        recurrent = f" ({r['recurrent_params']:,})" if r.get("recurrent_params") else ""
+        body.append([r["dataset"], r["cell"], r["variant"], r.get("hidden_size") or "-",
+                     f"{r['params']:,}{recurrent}", f"{r['lr']:.2e}", seeds,
+                     *(_pm(r, k) for k in ("train_nll", "valid_nll", "test_nll",
+                                           "test_nll_per_sequence")),
                      _fmt(r["paper_train_nll"]), _fmt(r["paper_test_nll"]),
                      f"{r['epochs']:.0f}", f"{r['seconds']:.0f}"])
     lines.append(markdown_table(header, body))
+    if any(r["diverged_seeds"] for r in done):
+        lines += ["", "A diverged seed (its loss or gradient went non-finite) counts with the "
+                  "best-validation model it had before, as the protocol keeps that model."]
     pending = [r for r in rows if not r["seeds"]]
     if pending:
         lines += ["", "Not finished (no seeds-phase run yet): " +
