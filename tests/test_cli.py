@@ -45,11 +45,13 @@ def test_compare_prints_table_beside_paper(tmp_path, polyphonic_dir):
     r = run_cli("compare", "--dataset", "jsb", "--epochs", 1, "--batch-size", 64, "--cells",
                 "gru", "lstm", "--data-dir", polyphonic_dir, "--out", tmp_path)
     assert r.returncode == 0, r.stderr
-    rows = [line for line in r.stdout.splitlines() if line.startswith("| gru") or
-            line.startswith("| lstm")]
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| jsb | gru") or
+            line.startswith("| jsb | lstm")]
     assert len(rows) == 2
     assert "| 8.54 |" in rows[0] and "| 8.67 |" in rows[1]       # the paper's JSB test NLLs
-    assert (tmp_path / "jsb" / "gru" / "metrics.json").is_file()
+    assert (tmp_path / "runs" / "jsb" / "gru" / "paper" / "seeds" / "trial-0000" /
+            "metrics.json").is_file()
+    assert (tmp_path / "table2.md").read_text() in r.stdout      # `report` rebuilds the same
 
 
 def test_data_dir_from_environment(tmp_path, polyphonic_dir):

@@ -207,9 +207,12 @@ def test_compare_resume_continues_each_unit(tiny_jsb, tmp_path):
     from gatedrnn.train import compare
     base = config(tiny_jsb, epochs=2)
     first = compare(base, tmp_path, cells=("tanh",), log=lambda s: None)["jsb"]
+    assert len(first["tanh"]) == 1
+    first = {cell: runs[0] for cell, runs in first.items()}
     with pytest.raises(UserError, match="already holds a run"):
         compare(base, tmp_path, cells=("tanh",), log=lambda s: None)
     again = compare(base, tmp_path, cells=("tanh", "gru"), log=lambda s: None, resume=True)["jsb"]
+    again = {cell: runs[0] for cell, runs in again.items()}
     assert without_seconds(again["tanh"]) == without_seconds(first["tanh"])
     assert again["gru"]["epochs"] == 2                     # not started before: started now
 

@@ -166,7 +166,7 @@ def tiny_sweep(tmp_path, tiny_data, name):
 
 
 def lr_run_dir(out, number):
-    return sweep.run_dir_of(out, "jsb", "gru", "paper", "lr", number)
+    return sweep.run_path(out, "jsb", "gru", "paper", "lr", number)
 
 
 def must_not_train(*args, **kwargs):
@@ -569,4 +569,4 @@ def test_postgres_a_worker_killed_before_reporting_its_run_is_adopted(postgres_u
     assert retry.user_attrs["adopted"] == dead.number and retry.user_attrs["run_dir"] == str(done)
     assert retry.value == metrics["valid_nll"] and retry.user_attrs["metrics"] == metrics
     assert stamp([done]) == before                                       # not trained again
-    assert not sweep.run_dir_of(out, "jsb", "gru", "paper", "lr", retry.number).exists()
+    assert not sweep.run_path(out, "jsb", "gru", "paper", "lr", retry.number).exists()

@@ -129,28 +129,25 @@ def cmd_train(args):
 
 
 def cmd_compare(args):
-    from .report import compare_markdown
+    from .report import records_from_run_dirs, write_results
     from .train import compare
     datasets = args.datasets or [args.dataset]
     config = config_from_args(args, dataset=datasets[0])
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be a positive integer, got {args.seeds}")
     out = Path(args.out or "runs/compare")
     progress = Progress(config.epochs)
     try:
-        results = compare(config, out, cells=args.cells, datasets=datasets, log=progress.log,
-                          progress=progress.update, resume=args.resume)
+        results = compare(config, out, cells=args.cells, datasets=datasets, seeds=args.seeds,
+                          log=progress.log, progress=progress.update, resume=args.resume)
     finally:
         progress.close()
-    stopped = [exit_status(m) for by_cell in results.values() for m in by_cell.values()
-               if exit_status(m)]
+    stopped = [exit_status(m) for by_cell in results.values() for runs in by_cell.values()
+               for m in runs if exit_status(m)]
     if stopped:
         print(f"stopped; continue with the same command and --resume (run directories in {out})")
         return stopped[0]
-    from .report import PAPER_DATASET
-    for dataset, by_cell in results.items():
-        paper = (f"; the paper's columns are {PAPER_DATASET[dataset]}"
-                 if dataset in PAPER_DATASET else "")
-        print(f"\n{dataset}: NLL in nats per time step (run directories in {out / dataset}{paper})\n")
-        print(compare_markdown(dataset, by_cell))
+    print_results(write_results(out, records_from_run_dirs(out)))
 
 
 def cmd_eval(args):
@@ -310,8 +307,10 @@ def build_parser():
                    help=f"units: {' | '.join(UNITS)} | module:Class (default: the paper's three)")
     p.add_argument("--datasets", nargs="+", metavar="DATASET",
                    help="several datasets, one after another (default: --dataset)")
-    p.add_argument("--out", help="root of the run directories, OUT/DATASET/CELL (default "
-                   "runs/compare)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="runs of each unit, seeds --seed, --seed+1, ... (default 1)")
+    p.add_argument("--out", help="where the table, figures and run directories go (default "
+                   "runs/compare; `gatedrnn report OUT` rebuilds them)")
     p.add_argument("--resume", action="store_true", help="continue each unit's interrupted run")
     p.set_defaults(func=cmd_compare)
 

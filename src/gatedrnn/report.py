@@ -40,26 +40,6 @@ def units_markdown(params=None):
                            "what it is"], rows)
 
 
-def compare_markdown(dataset, results):
-    """results: {cell: metrics dict}. Ours beside the paper's Table 2 row for ``dataset``."""
-    paper = PAPER_TABLE2.get(dataset, {})
-    rows = []
-    for cell, m in results.items():
-        p_train, p_test = paper.get(cell, (None, None))
-        rows.append([cell, f"{m['params']:,}", f"{m['train_nll']:.2f}", f"{m['valid_nll']:.2f}",
-                     f"{m['test_nll']:.2f}", _fmt(p_train), _fmt(p_test), m["best_epoch"],
-                     f"{m['seconds']:.0f}"])
-    header = ["unit", "params", "train", "valid", "test", "paper train", "paper test",
-              "best epoch", "seconds"]
-    speech = all("test_nll_per_sample" in m for m in results.values()) and results
-    if speech:
-        base = next(iter(results.values()))["baseline_iid_gaussian_per_sample"]["test"]
-        header += ["test per sample", "i.i.d. Gaussian per sample"]
-        for row, m in zip(rows, results.values()):
-            row += [f"{m['test_nll_per_sample']:.3f}", f"{base:.3f}"]
-    return markdown_table(header, rows)
-
-
 def _fmt(x):
     return "-" if x is None else f"{x:.2f}"
 
@@ -174,11 +154,14 @@ def aggregate(records):
         runs = [per_seed[s] for s in sorted(per_seed)]
         row = {"dataset": dataset, "cell": cell, "variant": variant, "seeds": len(runs),
                "lr": runs[0]["lr"] if runs else best_lr, "lr_candidates": candidates}
-        for key in ("train_nll", "valid_nll", "test_nll", "test_nll_per_sequence"):
+        for key in ("train_nll", "valid_nll", "test_nll", "test_nll_per_sequence",
+                    "test_nll_per_sample", "test_bits_per_char"):
             values = [r["metrics"][key] for r in runs if key in r["metrics"]]
             row[f"{key}_mean"] = statistics.fmean(values) if values else None
             row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         row["diverged_seeds"] = sum(1 for r in runs if r.get("diverged"))
+        baseline = runs[0]["metrics"].get("baseline_iid_gaussian_per_sample") if runs else None
+        row["baseline_iid_gaussian_per_sample"] = baseline["test"] if baseline else None
         c = (runs or recs)[0]["config"]
         row.update(batch_size=c["batch_size"], max_epochs=c["epochs"], patience=c["patience"],
                    weight_noise=c["model"]["weight_noise"],
@@ -208,7 +191,16 @@ def table2_markdown(rows, settings=None, title=None):
     done = [r for r in rows if r["seeds"]]
     title = title or "Table 2: average negative log-likelihood, nats per time step (lower is better)"
     lines = [f"# {title}", ""]
-    if done:
+    if done and not any(r["lr_candidates"] for r in rows):
+        r0 = done[0]
+        lines += [f"Protocol: every unit at learning rate {r0['lr']:.2e} (no search), "
+                  f"{r0['seeds']} seed(s) each ({', '.join(map(str, r0['seed_list']))}); mean "
+                  f"± sample std over seeds. Batch {r0['batch_size']}, at most "
+                  f"{r0['max_epochs']} epochs, early stopping patience {r0['patience']}, weight "
+                  f"noise {r0['weight_noise']}, objective {r0['objective']}. `test per "
+                  "sequence` averages within each sequence, then over sequences. `epochs` and "
+                  "`seconds` are per run, averaged over seeds.", ""]
+    elif done:
         r0 = done[0]
         lrs = sorted({lr for r in rows for lr, _ in r["lr_candidates"]})
         drawn = (f"log-uniform over [{settings['lr_range'][0]:g}, {settings['lr_range'][1]:g}]"
@@ -236,6 +228,16 @@ def table2_markdown(rows, settings=None, title=None):
                                            "test_nll_per_sequence")),
                      _fmt(r["paper_train_nll"]), _fmt(r["paper_test_nll"]),
                      f"{r['epochs']:.0f}", f"{r['seconds']:.0f}"])
+    extra = [(key, label) for key, label in (
+        ("test_nll_per_sample", "test per sample"), ("test_bits_per_char", "test bits per char"))
+        if any(r.get(f"{key}_mean") is not None for r in done)]
+    if any(r.get("baseline_iid_gaussian_per_sample") is not None for r in done):
+        extra.append(("baseline_iid_gaussian_per_sample", "i.i.d. Gaussian per sample"))
+    for key, label in extra:
+        header.append(label)
+        for row, r in zip(body, done):
+            value = r.get(key)
+            row.append(f"{value:.3f}" if isinstance(value, float) else _pm(r, key))
     lines.append(markdown_table(header, body))
     if any(r["diverged_seeds"] for r in done):
         lines += ["", "A diverged seed (its loss or gradient went non-finite) counts with the "
@@ -244,12 +246,13 @@ def table2_markdown(rows, settings=None, title=None):
     if pending:
         lines += ["", "Not finished (no seeds-phase run yet): " +
                   ", ".join(f"{r['dataset']}/{r['cell']}/{r['variant']}" for r in pending)]
-    lines += ["", "Validation NLL of every learning rate tried (lr phase, one run each; "
-              "diverged: the loss or gradient went non-finite, no result):", ""]
-    lines.append(markdown_table(["dataset", "unit", "variant", "lr: valid NLL"], [
-        [r["dataset"], r["cell"], r["variant"],
-         ", ".join(f"{lr:.2e}: " + ("diverged" if v is None else f"{v:.2f}")
-                   for lr, v in r["lr_candidates"])] for r in rows]))
+    if any(r["lr_candidates"] for r in rows):
+        lines += ["", "Validation NLL of every learning rate tried (lr phase, one run each; "
+                  "diverged: the loss or gradient went non-finite, no result):", ""]
+        lines.append(markdown_table(["dataset", "unit", "variant", "lr: valid NLL"], [
+            [r["dataset"], r["cell"], r["variant"],
+             ", ".join(f"{lr:.2e}: " + ("diverged" if v is None else f"{v:.2f}")
+                       for lr, v in r["lr_candidates"])] for r in rows]))
     speech = [d for d in dict.fromkeys(r["dataset"] for r in done) if d in PAPER_DATASET]
     if speech:
         lines += ["", "Paper columns for " + ", ".join(f"{d} are {PAPER_DATASET[d]}" for d in speech)
@@ -305,8 +308,8 @@ def plot_curves(rows, path, dataset):
     return plotted
 
 
-def write_results(out, records, settings=None):
-    """table2.md, table2.json and curves-<dataset>.png in ``out``; settings (the sweep's, if
+def write_results(out, records, settings=None, name="table2", title=None):
+    """NAME.md, NAME.json and curves-<dataset>.png in ``out``; settings (the sweep's, if
     known) are kept in sweep.json so that `gatedrnn report` writes the same header."""
     import re
     from pathlib import Path
@@ -320,8 +323,8 @@ def write_results(out, records, settings=None):
     rows = aggregate(records)
     json_rows = [{k: r[k] for k in RESULT_FIELDS} | {k: v for k, v in r.items() if k not in RESULT_FIELDS}
                  for r in rows if r["seeds"]]
-    paths = [out / "table2.md", out / "table2.json"]
-    rundir.write_text(paths[0], table2_markdown(rows, settings))
+    paths = [out / f"{name}.md", out / f"{name}.json"]
+    rundir.write_text(paths[0], table2_markdown(rows, settings, title))
     rundir.write_json(paths[1], json_rows)
     for dataset in dict.fromkeys(r["dataset"] for r in rows if r["seeds"]):
         path = out / f"curves-{re.sub(r'[^A-Za-z0-9_.-]', '_', dataset)}.png"

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,6 +128,14 @@ def load_checkpoint(path):
         part, _, name = key.partition("/")
         parts.setdefault(part, {})[name] = t
     return parts, state
+
+
+def run_path(out, dataset, cell, variant, phase, number):
+    """Where a study keeps one run: OUT/runs/<dataset>/<cell>/<variant>/<phase>/trial-NNNN
+    (phase: "lr" or "seeds"; the sweep numbers trials as Optuna does, compare by seed). Names
+    that hold a path (wav:DIR, module:Class) are made into one folder name."""
+    safe = [re.sub(r"[^A-Za-z0-9_.-]", "_", part) for part in (dataset, cell, variant, phase)]
+    return Path(out, "runs", *safe, f"trial-{number:04d}")
 
 
 def provenance():

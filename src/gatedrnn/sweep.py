@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError, describe
+from .rundir import run_path
 
 from .train import COMPARE_DEFAULTS
 
@@ -145,11 +146,6 @@ def seed_slots(lr, seed, n):
 
 def study_name(sweep, dataset, cell, variant, phase):
     return f"{sweep}/{dataset}/{cell}/{variant}/{phase}"
-
-
-def run_dir_of(out, dataset, cell, variant, phase, number):
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", dataset)          # wav:DIR names a path
-    return Path(out) / "runs" / safe / cell / variant / phase / f"trial-{number:04d}"
 
 
 # ---------------------------------------------------------------------------------- storage
@@ -534,7 +530,7 @@ def _run_trial(storage, study, trial_id, group, phase, settings, out, data_dir, 
     if earlier is not None:
         _adopt(storage, trial_id, *earlier, config, log, name)
         return
-    run_dir = run_dir_of(out, dataset, cell, variant, phase, trial.number)
+    run_dir = run_path(out, dataset, cell, variant, phase, trial.number)
     if run_dir.exists() and any(run_dir.iterdir()):
         _report(storage, trial_id, {}, None, log, name)
         raise UserError(f"{run_dir} exists but trial {trial.number} of {study.study_name} never "
@@ -581,7 +577,7 @@ def finished_attempt(study, trial, out, phase, config):
     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         if t.number >= trial.number or t.user_attrs.get("slot") != trial.user_attrs["slot"]:
             continue
-        run_dir = run_dir_of(out, config.dataset, config.model.cell, config.model.variant, phase,
+        run_dir = run_path(out, config.dataset, config.model.cell, config.model.variant, phase,
                              t.number)
         if not (run_dir / rundir.METRICS).is_file():
             continue

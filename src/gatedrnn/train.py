@@ -512,12 +512,14 @@ COMPARE_DEFAULTS = {"batch_size": 16, "lr": 3e-3, "epochs": 150, "patience": 20}
 PAPER_UNITS = ("tanh", "gru", "lstm")
 
 
-def compare(base: TrainConfig, run_root, cells=PAPER_UNITS, datasets=None, log=print,
+def compare(base: TrainConfig, out, cells=PAPER_UNITS, datasets=None, seeds=1, log=print,
             progress=None, resume=False):
     """Train each unit on each dataset with the same settings (each unit at its Table 1 size,
-    or all sized to base.model.params); {dataset: {cell: metrics}} with run directories
-    RUN_ROOT/DATASET/CELL. With ``resume``, units whose run directory holds a run continue it;
-    the others start."""
+    or all sized to base.model.params), with seeds base.seed .. base.seed + seeds - 1. Run
+    directories are laid out as the sweep's seeds phase (rundir.run_path: OUT/runs/DATASET/
+    CELL/VARIANT/seeds/trial-K for the K-th seed), so `gatedrnn report OUT` reads them. Returns
+    {dataset: {cell: [metrics per seed]}}; with ``resume``, runs already in their directory
+    continue, the others start."""
     results = {}
     for dataset in datasets or [base.dataset]:
         config = replace(base, dataset=dataset)
@@ -525,10 +527,14 @@ def compare(base: TrainConfig, run_root, cells=PAPER_UNITS, datasets=None, log=p
         results[dataset] = {}
         for cell in cells:
             unit = replace(config, model=replace(config.model, cell=cell))
-            run_dir = Path(run_root) / dataset / cell
             log(f"== {dataset} / {cell} ({resolve(unit.model, data.task).hidden_size} units) ==")
-            results[dataset][cell] = train(unit, run_dir, data, log=log, progress=progress,
-                                           resume=resume and bool(rundir.holds_run(run_dir)))
-            if "stopped" in results[dataset][cell]:
-                return results
+            results[dataset][cell] = []
+            for k in range(seeds):
+                run_dir = rundir.run_path(out, dataset, cell, unit.model.variant, "seeds", k)
+                metrics = train(replace(unit, seed=base.seed + k), run_dir, data, log=log,
+                                progress=progress,
+                                resume=resume and bool(rundir.holds_run(run_dir)))
+                results[dataset][cell].append(metrics)
+                if "stopped" in metrics:
+                    return results
     return results
