@@ -1,7 +1,9 @@
 """The fast backend (gatedrnn/kernels) against the reference loop of cells.py, which
 tests/test_cells.py checks against numpy and torch.nn: outputs and every gradient (input, W, U,
-biases, peepholes, h0 / c0), in float64 to 1e-10 and float32 to 1e-5 relative, on padded and
-unbatched input, both variants, batch_first, with and without an initial state; gradcheck;
+biases, peepholes, h0 / c0), in float64 to 1e-10 and float32 to 1e-5 relative, for every unit
+with compiled kernels (those of cells.UNITS with a sequential recurrence: all but minGRU /
+minLSTM, whose parallel scan has its own tests) and each of its variants, on padded and
+unbatched input, batch_first, with and without an initial state, without biases; gradcheck;
 weight noise; a training step; the fallbacks to the reference loop and their warnings; the
 projection of binary (piano-roll) inputs and when it is used; the compiled Bernoulli NLL.
 """
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from gatedrnn import heads, kernels
-from gatedrnn.cells import CELLS
+from gatedrnn.cells import CELLS, UNITS
 from gatedrnn.errors import UserError
 from gatedrnn.heads import bernoulli_nll
 from gatedrnn.model import ModelConfig, SequenceModel
@@ -23,20 +25,21 @@ from gatedrnn.train import PaperRMSprop, train_step
 from gatedrnn.data.batching import pad
 from helpers import train_config
 
-NAMES = list(CELLS)
-VARIANTS = ["paper", "torch"]
+# every unit whose gates read h_{t-1} (no parallel scan) has kernels; (name, variant) pairs
+NAMES = [name for name, cls in UNITS.items() if cls.parallel_scan is None]
+UNIT_VARIANTS = [(name, variant) for name in NAMES for variant in UNITS[name].variants]
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
 
 
 def pair(name, variant, I, H, dtype, seed=0, **kwargs):
     """The same unit twice: backend="reference" and backend="fast", random nonzero parameters."""
-    ref = CELLS[name](I, H, variant=variant, backend="reference", **kwargs).to(dtype)
+    ref = UNITS[name](I, H, variant=variant, backend="reference", **kwargs).to(dtype)
     g = torch.Generator().manual_seed(seed)
     scale = min(0.5, 1 / H ** 0.5)     # a gain near 1: float32 rounding is not amplified
     with torch.no_grad():
         for p in ref.parameters():
             p.copy_(scale * torch.randn(p.shape, generator=g, dtype=torch.float64))
-    fast = CELLS[name](I, H, variant=variant, backend="fast", **kwargs).to(dtype)
+    fast = UNITS[name](I, H, variant=variant, backend="fast", **kwargs).to(dtype)
     fast.load_state_dict(ref.state_dict())
     return ref, fast
 
@@ -79,8 +82,7 @@ CASES = [("padded", 7, 4, 3, 5), ("batch_first", 6, 3, 4, 6), ("no_state", 5, 2,
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("case, T, B, I, H", CASES, ids=[c[0] for c in CASES])
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name, variant", UNIT_VARIANTS)
 def test_fast_matches_reference(name, variant, case, T, B, I, H, dtype):
     batch_first = case == "batch_first"
     ref, fast = pair(name, variant, I, H, dtype, seed=1, batch_first=batch_first)
@@ -103,6 +105,39 @@ def test_fast_matches_reference(name, variant, case, T, B, I, H, dtype):
     assert all(torch.count_nonzero(t) > 0 for t in results[0]), "a gradient is all zero"
 
 
+@pytest.mark.parametrize("name, variant", UNIT_VARIANTS)
+def test_fast_backend_runs_the_units_kernels(monkeypatch, name, variant):
+    """Every unit and variant above has compiled kernels and the fast backend runs them: a
+    silent fallback to the reference loop would make every comparison here vacuous."""
+    kernel = UNITS[name].fast_kernels.get(variant)
+    assert kernel is not None and kernel in vars(kernels).values()
+    calls = []
+    original = kernels.scan
+    monkeypatch.setattr(kernels, "scan",
+                        lambda k, *a, **kw: calls.append(k) or original(k, *a, **kw))
+    _, fast = pair(name, variant, 3, 4, torch.float64)
+    fast(torch.randn(5, 2, 3, dtype=torch.float64), lengths=torch.tensor([5, 3]))
+    assert calls == [kernel]
+
+
+@pytest.mark.parametrize("inputs", ["dense", "binary"])
+@pytest.mark.parametrize("name, variant", UNIT_VARIANTS)
+def test_fast_matches_reference_without_biases(name, variant, inputs):
+    """bias=False: the biases are zero buffers (MUT1's step bias among them, which its kernel
+    reads), given no gradient; every parameter's gradient still equals the reference's."""
+    I = 3 if inputs == "dense" else 20
+    ref, fast = pair(name, variant, I, 5, torch.float64, seed=71, bias=False)
+    assert not any(n.startswith("bias") for n, _ in fast.named_parameters())
+    g = torch.Generator().manual_seed(72)
+    x = (torch.randn(6, 3, I, generator=g, dtype=torch.float64) if inputs == "dense"
+         else binary((6, 3, I), 0.1, seed=73))
+    state = tuple(torch.randn(1, 3, 5, generator=g, dtype=torch.float64)
+                  for _ in range(ref.n_states))
+    results = [run(unit, x, state, seed=74, x_grad=inputs == "dense",
+                   lengths=torch.tensor([6, 2, 4])) for unit in (fast, ref)]
+    assert_same(*results, torch.float64)
+
+
 @pytest.fixture
 def threads(request):
     """torch's thread count for one test (the kernels split a batch's rows across as many)."""
@@ -114,8 +149,7 @@ def threads(request):
 
 @pytest.mark.parametrize("threads", [2, 3], indirect=True)
 @pytest.mark.parametrize("inputs", ["dense", "binary"])
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name, variant", UNIT_VARIANTS)
 def test_rows_split_across_threads_match_reference(name, variant, inputs, threads):
     """A batch split into row ranges that run in parallel threads gives the reference loop's
     outputs and gradients: ranges whose sequences end at different steps, some before others
@@ -135,8 +169,7 @@ def test_rows_split_across_threads_match_reference(name, variant, inputs, thread
 
 
 @pytest.mark.parametrize("inputs", ["dense", "binary"])
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name, variant", UNIT_VARIANTS)
 def test_stale_workspace_memory_is_never_read(monkeypatch, name, variant, inputs):
     """Every array the workspace lends starts as NaN (what a reused buffer may hold): results
     still equal the reference's, with sequences that end before, inside and after others."""
@@ -153,8 +186,7 @@ def test_stale_workspace_memory_is_never_read(monkeypatch, name, variant, inputs
     assert_same(*results, torch.float64)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name, variant", UNIT_VARIANTS)
 def test_gradcheck(name, variant):
     ref, fast = pair(name, variant, 3, 2, torch.float64, seed=4)
     names = [n for n, _ in fast.named_parameters()]
@@ -218,10 +250,11 @@ def test_training_step_changes_parameters_like_reference(name):
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_double_backward_uses_reference_with_one_warning(monkeypatch, batch_first):
+@pytest.mark.parametrize("name", NAMES)
+def test_double_backward_uses_reference_with_one_warning(monkeypatch, name, batch_first):
     """Also for batch-first output (written in place by the kernels) with padding."""
     monkeypatch.setattr(kernels, "_warned", set())
-    ref, fast = pair("gru", "paper", 3, 4, torch.float64, seed=13, batch_first=batch_first)
+    ref, fast = pair(name, "paper", 3, 4, torch.float64, seed=13, batch_first=batch_first)
     x = torch.randn((2, 4, 3) if batch_first else (4, 2, 3), dtype=torch.float64)
     lengths = torch.tensor([4, 2] if batch_first else [3, 2])
     second = []
@@ -399,8 +432,7 @@ def csr_built(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name, variant", UNIT_VARIANTS)
 def test_fast_matches_reference_on_piano_rolls(projected, csr_built, name, variant):
     """Binary inputs that need no gradient (data) take the binary projection; padded steps may
     hold anything, they are masked before it."""

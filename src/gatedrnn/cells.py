@@ -483,6 +483,7 @@ class MUT1(RecurrentUnit):
 
     input_blocks, recurrent_blocks = 3, 2
     input_bias = False                          # b_z, b_r, b_h are applied in step, as published
+    fast_kernels = {"paper": kernels.MUT1}
 
     def extra_parameters(self):
         return {"bias": (3 * self.hidden_size,)}
@@ -507,6 +508,7 @@ class MGU(RecurrentUnit):
         h_t = (1 - f) * h_{t-1} + f * h~"""
 
     input_blocks = recurrent_blocks = 2
+    fast_kernels = {"paper": kernels.MGU}
 
     def step(self, xw, state, w):
         (h,) = state
@@ -533,6 +535,7 @@ class CIFG(RecurrentUnit):
 
     input_blocks = recurrent_blocks = 3
     n_states = 2
+    fast_kernels = {"paper": kernels.CIFG}
 
     def extra_parameters(self):
         return {"peephole": (2, self.hidden_size)}

@@ -3,7 +3,8 @@
 One idea per module:
 
 - ``scan.py``: the recurrence as one torch.autograd.Function, its batch split across threads;
-- ``tanh.py``, ``gru.py``, ``lstm.py``: each unit's compiled loops over time (forward, backward);
+- ``tanh.py``, ``gru.py``, ``lstm.py``, ``mgu.py``, ``cifg.py``, ``mut1.py``: each unit's
+  compiled loops over time (forward, backward);
 - ``binary.py``: piano-roll inputs projected by adding W's columns, step by step in the loops;
 - ``workspace.py``: the loops' large arrays, lent again instead of page-faulted in anew;
 - ``jit.py``: what the loops share (BLAS products, vectorizable exp / sigmoid / tanh, compiling
@@ -22,16 +23,20 @@ import torch
 
 from . import jit
 from .binary import BinaryInput, dense_project, project
+from .cifg import CIFG
 from .gru import GRUPaper, GRUTorch
 from .lstm import LSTM
+from .mgu import MGU
+from .mut1 import MUT1
 from .scan import Rows, scan
 from .tanh import Tanh
 
 BACKENDS = ("fast", "reference")
 DTYPES = (torch.float32, torch.float64)
 
-__all__ = ["BACKENDS", "DTYPES", "BinaryInput", "GRUPaper", "GRUTorch", "LSTM", "Rows", "Tanh",
-           "dense_project", "info", "load", "project", "scan", "unsupported", "warn_once"]
+__all__ = ["BACKENDS", "CIFG", "DTYPES", "BinaryInput", "GRUPaper", "GRUTorch", "LSTM", "MGU",
+           "MUT1", "Rows", "Tanh", "dense_project", "info", "load", "project", "scan",
+           "unsupported", "warn_once"]
 
 _warned = set()
 

@@ -1,7 +1,7 @@
 """The building blocks every kernel shares, compiled by numba: the per-step products (BLAS), an
 exp / sigmoid / tanh that LLVM can vectorize, and small loops over rows.
 
-Conventions of every kernel (kernels/tanh.py, gru.py, lstm.py, ...):
+Conventions of every kernel (kernels/tanh.py, gru.py, lstm.py, mgu.py, cifg.py, mut1.py):
 
     inp    (xw, ptr, cols, WT, bias): the input projection, see binary._input_step
     xw     (T, B, G*H)  input projection incl. biases, gate blocks in torch's order
@@ -94,7 +94,8 @@ JIT = dict(cache=True, fastmath={"contract"}, nogil=True, error_model="numpy")
 # calls, so the cache lives in a directory named by a hash of every kernel source (an edited
 # helper here can never leave a stale kernel elsewhere).
 
-KERNEL_SOURCES = ("jit.py", "binary.py", "tanh.py", "gru.py", "lstm.py", "parallel.py", "../heads.py")
+KERNEL_SOURCES = ("jit.py", "binary.py", "tanh.py", "gru.py", "lstm.py", "mgu.py", "cifg.py",
+                  "mut1.py", "parallel.py", "../heads.py")
 
 
 def cache_dir():
