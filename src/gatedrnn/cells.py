@@ -341,7 +341,7 @@ class RecurrentUnit(nn.Module):
     @classmethod
     def from_torch(cls, module):
         """An exact copy of a torch.nn unit of the same family (every layer and direction), as
-        variant "torch". Draws no random numbers."""
+        variant "torch", in the module's mode (training or eval). Draws no random numbers."""
         if cls.torch_class is None or type(module) is not cls.torch_class:
             expected = cls.torch_class.__name__ if cls.torch_class else "nothing: it has no torch.nn twin"
             raise UserError(f"{cls.__name__}.from_torch expects torch.nn.{expected}, "
@@ -358,10 +358,11 @@ class RecurrentUnit(nn.Module):
         unit.load_state_dict(module.state_dict())
         for zeros in unit.buffers():          # bias=False: the biases are zero buffers
             zeros.zero_()
-        return unit
+        return unit.train(module.training)
 
     def to_torch(self):
-        """The equivalent torch.nn module (variant "torch" only). Draws no random numbers."""
+        """The equivalent torch.nn module (variant "torch" only), in this unit's mode (training
+        or eval). Draws no random numbers."""
         if self.variant != "torch" or self.torch_class is None:
             raise UserError(f"to_torch needs variant='torch'; the {self.variant} "
                             f"{type(self).__name__} has no torch.nn equivalent")
@@ -373,7 +374,7 @@ class RecurrentUnit(nn.Module):
                                   device="meta", dtype=first.dtype, **kwargs)
         module = module.to_empty(device=first.device)
         module.load_state_dict(self.state_dict())
-        return module
+        return module.train(self.training)
 
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"
