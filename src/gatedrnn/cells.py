@@ -257,6 +257,11 @@ class RecurrentUnit(nn.Module):
                 raise UserError(f"{type(self).__name__}: a PackedSequence carries its lengths; "
                                 "give no lengths or mask")
             return self._forward_packed(input, state)
+        return self._forward(input, state, lengths, mask)
+
+    def _forward(self, input, state, lengths, mask, packing=None):
+        """forward on a padded or unbatched input. ``packing``: for a PackedSequence input, its
+        sorted order and sorted lengths, over whose packed data dropout draws its masks."""
         unbatched = input.dim() == 2
         if not unbatched and input.dim() != 3:
             raise UserError(f"{type(self).__name__}: input must be 3-D (T, B, I) or 2-D (T, I), "
@@ -284,7 +289,7 @@ class RecurrentUnit(nn.Module):
                 finals.append(final)
             x = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
             if self.dropout and self.training and k < self.num_layers - 1:
-                x = F.dropout(x, self.dropout, training=True)
+                x = _dropout(x, self.dropout, packing)
         final = tuple(torch.stack([f[i] for f in finals]) for i in range(self.n_states))
         if unbatched:
             return x.squeeze(1), _pack_state(tuple(s.squeeze(1) for s in final), self.n_states)
@@ -294,12 +299,12 @@ class RecurrentUnit(nn.Module):
         """torch.nn's contract for a PackedSequence: the output packed like the input, the
         state in the batch's original order."""
         padded, lengths = pad_packed_sequence(packed, batch_first=self.batch_first)
-        output, final = self.forward(padded, state, lengths=lengths)
         order = (packed.sorted_indices if packed.sorted_indices is not None
-                 else torch.arange(len(lengths), device=lengths.device))
+                 else torch.arange(len(lengths), device=lengths.device)).to(padded.device)
+        output, final = self._forward(padded, state, lengths, None, (order, lengths[order.cpu()]))
         dim = 0 if self.batch_first else 1
-        data = pack_padded_sequence(output.index_select(dim, order.to(output.device)),
-                                    lengths[order.cpu()], batch_first=self.batch_first).data
+        data = pack_padded_sequence(output.index_select(dim, order), lengths[order.cpu()],
+                                    batch_first=self.batch_first).data
         return PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
                               packed.unsorted_indices), final
 
@@ -336,7 +341,7 @@ class RecurrentUnit(nn.Module):
     @classmethod
     def from_torch(cls, module):
         """An exact copy of a torch.nn unit of the same family (every layer and direction), as
-        variant "torch". Draws no random numbers."""
+        variant "torch", in the module's mode (training or eval). Draws no random numbers."""
         if cls.torch_class is None or type(module) is not cls.torch_class:
             expected = cls.torch_class.__name__ if cls.torch_class else "nothing: it has no torch.nn twin"
             raise UserError(f"{cls.__name__}.from_torch expects torch.nn.{expected}, "
@@ -353,10 +358,11 @@ class RecurrentUnit(nn.Module):
         unit.load_state_dict(module.state_dict())
         for zeros in unit.buffers():          # bias=False: the biases are zero buffers
             zeros.zero_()
-        return unit
+        return unit.train(module.training)
 
     def to_torch(self):
-        """The equivalent torch.nn module (variant "torch" only). Draws no random numbers."""
+        """The equivalent torch.nn module (variant "torch" only), in this unit's mode (training
+        or eval). Draws no random numbers."""
         if self.variant != "torch" or self.torch_class is None:
             raise UserError(f"to_torch needs variant='torch'; the {self.variant} "
                             f"{type(self).__name__} has no torch.nn equivalent")
@@ -368,7 +374,7 @@ class RecurrentUnit(nn.Module):
                                   device="meta", dtype=first.dtype, **kwargs)
         module = module.to_empty(device=first.device)
         module.load_state_dict(self.state_dict())
-        return module
+        return module.train(self.training)
 
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"
@@ -698,6 +704,19 @@ def _reversed(x, index, batch_first):
     if batch_first:
         return x.gather(1, index.T.unsqueeze(-1).expand_as(x))
     return x.gather(0, index.unsqueeze(-1).expand_as(x))
+
+
+def _dropout(x, p, packing):
+    """Dropout of a layer's output x (T, B, F) on its way to the next layer. For a
+    PackedSequence input (``packing``: the batch's sorted order and sorted lengths) the mask is
+    drawn over the packed data, as torch.nn draws it: the same seed drops the same entries."""
+    if packing is None:
+        return F.dropout(x, p, training=True)
+    order, lengths = packing
+    packed = pack_padded_sequence(x.index_select(1, order), lengths)
+    dropped = PackedSequence(F.dropout(packed.data, p, training=True), packed.batch_sizes)
+    return pad_packed_sequence(dropped, total_length=x.shape[0])[0].index_select(
+        1, torch.argsort(order))
 
 
 def _pack_state(parts, n_states):

@@ -123,12 +123,13 @@ _noticed = set()
 @contextmanager
 def first_use(what):
     """Around a kernel's call: if it is the first of ``what`` in this process and it is still
-    running after a second (numba compiling, not loading from its cache), say so in one line."""
+    running after 3 seconds (numba compiling, not loading from its cache: that takes about a
+    second on a busy machine), say so in one line."""
     if what in _noticed:
         yield
         return
     _noticed.add(what)
-    timer = threading.Timer(1.0, lambda: print(
+    timer = threading.Timer(3.0, lambda: print(
         f"gatedrnn: compiling the {what} kernels for this machine ({FIRST_USE_SECONDS}, once; "
         f"cached in {_CACHE_DIR or cache_dir()})", file=sys.stderr, flush=True))
     timer.daemon = True
