@@ -399,7 +399,20 @@ def test_retried_attempt_without_metrics_is_left_out_of_the_report(journal_sweep
         "reason": "non-finite", "error": "loss is nan at epoch 1, update 3"})))
     recs = records_from_run_dirs(copy)
     assert len(recs) == 13 and sum(r.get("diverged") is not None for r in recs) == 1
-    assert [r for r in recs if r.get("diverged")][0]["metrics"] is None
+    diverged = [r for r in recs if r.get("diverged")][0]
+    assert diverged["metrics"]["test_nll"] == signalled["test_nll"]   # its best model before
+
+
+def test_a_diverged_seed_counts_with_its_best_model_and_a_diverged_lr_is_not_chosen():
+    recs = [record("gru", "lr", 1e-3, 0, 0, 9.0), record("gru", "lr", 3e-3, 0, 1, 8.0),
+            record("gru", "seeds", 1e-3, 1, 2, 8.6, 8.8), record("gru", "seeds", 1e-3, 2, 3, 8.4, 8.6)]
+    recs[1]["diverged"] = "gradient norm is inf at epoch 3, update 9"      # the better valid NLL
+    recs[3]["diverged"] = "loss is nan at epoch 7, update 20"
+    (row,) = aggregate(recs)
+    assert row["lr"] == 1e-3 and row["lr_candidates"] == [(1e-3, 9.0), (3e-3, None)]
+    assert row["seeds"] == 2 and row["diverged_seeds"] == 1
+    assert row["test_nll_mean"] == pytest.approx(8.7)
+    assert "(1 diverged)" in table2_markdown([row])
 
 
 @pytest.mark.parametrize("args, message", [
