@@ -282,6 +282,22 @@ def cmd_bench(args):
         first_use=not args.skip_first_use, reference=args.reference)
 
 
+def cmd_sample(args):
+    from .sample import sample_run
+    paths = sample_run(args.run_dir, args.out, num=args.num, steps=args.steps, prime=args.prime,
+                       temperature=args.temperature, seed=args.seed, data_dir=args.data_dir,
+                       log=print)
+    print("\n".join(str(p) for p in paths))
+
+
+def cmd_gradflow(args):
+    from .gradflow import gradient_flow
+    paths = gradient_flow(args.run_dirs, args.out, lags=args.lags,
+                          max_sequences=args.max_sequences, times=args.times, seed=args.seed,
+                          data_dir=args.data_dir, log=print)
+    print("\n".join(str(p) for p in paths))
+
+
 def build_parser():
     from .cells import UNITS
     from .train import COMPARE_DEFAULTS, PAPER_UNITS
@@ -358,6 +374,35 @@ def build_parser():
     p.add_argument("run_dir")
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sample", help="draw sequences from a run's best model: MIDI (music), WAV "
+                       "(speech) or text, each with a figure")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="directory for the samples and samples.json")
+    p.add_argument("--num", type=int, default=4, help="sequences to draw (default 4)")
+    p.add_argument("--steps", type=int, help="steps to draw after the prime (default: 200 for "
+                   "music, one second of audio for speech, 500 characters for text)")
+    p.add_argument("--prime", type=int, default=0, help="start from the first K steps of a test "
+                   "sequence, and write its same span beside the sample (default 0)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="1 draws from the model; lower is more conservative (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same files")
+    p.add_argument("--data-dir", help="the run's dataset files on this machine (for --prime)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("gradflow", help="the norm of the gradient of the NLL at step t with "
+                       "respect to the hidden state at step t - k, trained and at initialisation")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--lags", type=int, default=200, help="largest k (default 200)")
+    p.add_argument("--out", default="gradflow", help="where gradflow.csv and gradflow.png go "
+                   "(default gradflow)")
+    p.add_argument("--max-sequences", type=int, default=16,
+                   help="test sequences per run, the first ones (default 16)")
+    p.add_argument("--times", type=int, default=32, help="steps t per sequence, drawn at random "
+                   "without replacement (all of a shorter sequence; default 32)")
+    p.add_argument("--seed", type=int, default=0, help="which steps t are drawn (default 0)")
+    p.add_argument("--data-dir", help="the runs' dataset files on this machine")
+    p.set_defaults(func=cmd_gradflow)
 
     p = sub.add_parser("params", help="print Table 1 with our parameter counts, and every "
                        "registered unit's size at the budget")
