@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from gatedrnn.cli import main
-from helpers import model_config, train_config
+from helpers import train_config
 
 TRAIN = ["train", "--dataset", "jsb", "--cell", "gru", "--hidden-size", "3", "--epochs", "1",
          "--batch-size", "64"]

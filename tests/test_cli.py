@@ -109,7 +109,7 @@ def test_bench_prints_ratios():
                 "--steps", "5", "--repeats", "1", "--skip-epoch")
     assert r.returncode == 0, r.stderr
     threads = torch.get_num_threads()
-    assert f"ours at torch's" in r.stdout and "torch.nn at 1 and at" in r.stdout
+    assert f"ours at torch's {threads} thread(s), torch.nn at 1 and at {threads}" in r.stdout
     fresh = next(line for line in r.stdout.splitlines() if line.startswith("| gru | "))
     assert re.fullmatch(r"\| gru \| \d+\.\d \| \d+\.\d \|", fresh)
     row = next(line for line in r.stdout.splitlines() if line.startswith("| music | gru | 46 | 2 |"))

@@ -8,7 +8,6 @@ weight noise; a training step; the fallbacks to the reference loop and their war
 projection of binary (piano-roll) inputs and when it is used; the compiled Bernoulli NLL.
 """
 import math
-import os
 from contextlib import nullcontext
 
 import numpy as np

@@ -22,7 +22,7 @@ from gatedrnn import rundir
 from gatedrnn.cli import main
 from gatedrnn.errors import UserError
 from gatedrnn.train import NonFiniteLoss, train
-from helpers import model_config, train_config
+from helpers import train_config
 
 EPOCHS = 8
 ARGS = ["train", "--dataset", "jsb", "--cell", "gru", "--hidden-size", "4", "--batch-size", "8",

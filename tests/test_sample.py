@@ -14,7 +14,7 @@ from gatedrnn.data.midi import read_midi, write_midi
 from gatedrnn.data.speech import frame, read_wav
 from gatedrnn.errors import UserError
 from gatedrnn.model import SequenceModel
-from gatedrnn.sample import draw_shifted, draw_speech, sample_run, unit_step
+from gatedrnn.sample import draw_shifted, draw_speech, sample_run
 from gatedrnn.train import load_config_data, load_run, train
 from helpers import model_config, train_config
 
@@ -100,7 +100,7 @@ def test_unit_step_carries_the_state_like_the_whole_sequence(cell, variant, laye
     expected, final = model.rnn(x)                               # the fast backend, all at once
     state, outputs = None, []
     for t in range(9):
-        h, state = unit_step(model.rnn, x[:, t], state)
+        h, state = model.rnn.one_step(x[:, t], state)
         outputs.append(h)
     torch.testing.assert_close(torch.stack(outputs, 1), expected, rtol=1e-5, atol=1e-6)
     for a, b in zip(state if isinstance(state, tuple) else (state,),

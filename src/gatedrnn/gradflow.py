@@ -10,7 +10,7 @@ it is every layer's h together, (L, H), one norm. nll_t is the head's NLL of
 step t's target in nats, as in training (inputs x_{t-1} for music and text, frames for speech),
 from the zero state at t = 0; the model is in eval mode (no weight noise) and in float64.
 
-How: each sequence is run step by step (sample.unit_step), every h_t kept in the graph, the head
+How: each sequence is run step by step (RecurrentUnit.one_step), every h_t kept in the graph, the head
 reading h_t itself, so that every path from h_j to later steps goes through it. For each sampled
 step t one backward of nll_t, torch.autograd.grad(nll_t, [h_t, h_{t-1}, ..., h_{t-K}]) with
 K = min(t, lags), gives d nll_t / d h_{t-k} for every k at once, with the arithmetic of the
@@ -36,7 +36,7 @@ import torch
 
 from . import rundir
 from .errors import UserError
-from .sample import one_thread, unit_step
+from .sample import one_thread
 from .train import build_model, load_config_data, load_run
 
 STATES = ("trained", "init")
@@ -63,7 +63,7 @@ def sequence_gradients(model, inputs, targets, steps, lags):
     wanted = set(steps)
     with torch.enable_grad():
         for t in range(max(steps) + 1):
-            _, state = unit_step(rnn, x[t], state)
+            _, state = rnn.one_step(x[t], state)
             h = state[0] if isinstance(state, tuple) else state  # (L, 1, H): every path goes here
             hs.append(h)
             if t in wanted:

@@ -69,29 +69,6 @@ def kind_of(dataset):
 
 # -- one step of the recurrence ----------------------------------------------------------------
 
-def unit_step(rnn, x, state=None):
-    """One time step of ``rnn`` (a RecurrentUnit, unidirectional, in eval mode) from the unit's
-    own ``step`` equations: x (B, I); ``state`` as rnn's forward takes and returns it ((L, B, H),
-    or a tuple (h, c) of them; None: zeros). Returns (h (B, H) of the top layer, the new state).
-    The numbers of rnn(x[:, None], state) on the reference backend, without its per-call
-    argument handling (2 to 4 times faster than a length-1 call of the fast kernels here)."""
-    B, H, L = x.shape[0], rnn.hidden_size, rnn.num_layers
-    if state is None:
-        zeros = x.new_zeros(L, B, H)
-        parts = (zeros,) * rnn.n_states
-    else:
-        parts = state if isinstance(state, tuple) else (state,)
-    new = []
-    for k in range(L):
-        w = rnn.weights(k)
-        bias = w.get(rnn.input_bias_name())
-        layer = rnn.step(F.linear(x, w["weight_ih"], bias), tuple(s[k] for s in parts), w)
-        new.append(layer)
-        x = layer[0]                                             # (B, H): the next layer's input
-    stacked = tuple(torch.stack([layer[i] for layer in new]) for i in range(rnn.n_states))
-    return x, (stacked[0] if rnn.n_states == 1 else stacked)
-
-
 @contextmanager
 def one_thread():
     """torch on one thread while the step-by-step loops run (restored after): their (B, H)
@@ -119,7 +96,7 @@ def draw_shifted(model, x, steps, generator, temperature=1.0, state=None, encode
     encode = encode or (lambda y: y)
     out = []
     for _ in range(steps):
-        h, state = unit_step(model.rnn, x, state)
+        h, state = model.rnn.one_step(x, state)
         y = model.head.sample(h, generator=generator, temperature=temperature)
         out.append(y)
         x = encode(y).to(h.dtype)
@@ -180,7 +157,7 @@ def draw_speech(model, start, steps, generator, temperature=1.0, states=None):
     wave_[:, :FRAME * K] = start
     for j in range(2 * K - 2, 2 * (K + steps) - 2):
         c = j % 2
-        h, states[c] = unit_step(model.rnn, wave_[:, HALF * j:HALF * j + FRAME], states[c])
+        h, states[c] = model.rnn.one_step(wave_[:, HALF * j:HALF * j + FRAME], states[c])
         wave_[:, HALF * j + FRAME:HALF * j + FRAME + PREDICT] = model.head.sample(
             h, generator=generator, temperature=temperature)
     return wave_
