@@ -261,7 +261,11 @@ def cmd_report(args):
     from .rundir import read_json
     saved = Path(args.dir) / "sweep.json"          # the sweep's settings, if reproduce wrote them
     paths = write_results(Path(args.out or args.dir), found,
-                          read_json(saved) if saved.is_file() else None)
+                          read_json(saved) if saved.is_file() else None, name=args.name,
+                          title=args.title)
+    if any((Path(args.dir) / d).is_dir() for d in ("speech", "gradflow")):   # the results root
+        from .claims import write_claims
+        paths.append(write_claims(args.dir, args.out))
     print_results(paths)
 
 
@@ -365,9 +369,13 @@ def build_parser():
     add_storage_options(p)
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("report", help="rebuild table2.md/.json and the figures from run directories")
-    p.add_argument("dir", help="a reproduce --out directory (or its runs/)")
+    p = sub.add_parser("report", help="rebuild the tables and figures from run directories (and, "
+                       "for a results directory with speech/ or gradflow/, claims.md)")
+    p.add_argument("dir", help="a reproduce or compare --out directory (or its runs/)")
     p.add_argument("--out", help="where to write (default: DIR)")
+    p.add_argument("--name", default="table2", help="the tables' file name, NAME.md and "
+                   "NAME.json (default table2)")
+    p.add_argument("--title", help="the table's title (default: Table 2's)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("eval", help="recompute the NLLs of a run's saved best model")
