@@ -17,7 +17,7 @@ from torch.autograd.function import once_differentiable
 
 from . import kernels
 from .errors import UserError
-from .kernels.jit import _exp, _log1p_unit, kernel
+from .kernels.jit import kernel, vexp, vlog1p_unit
 from .kernels.workspace import workspace
 
 
@@ -89,9 +89,9 @@ class _BernoulliNLL(torch.autograd.Function):
 def _bernoulli_term(logit, y, zero, one):
     """-log p(y | sigmoid(logit)) = max(l, 0) - l y + log(1 + e^-|l|), and its derivative in l,
     sigmoid(l) - y. NaN in, NaN out (l y is NaN). zero, one: of the logits' dtype."""
-    e = _exp(-abs(logit))
+    e = vexp(-abs(logit))
     s = one / (one + e)
-    return max(logit, zero) - logit * y + _log1p_unit(e), (s if logit >= zero else e * s) - y
+    return max(logit, zero) - logit * y + vlog1p_unit(e), (s if logit >= zero else e * s) - y
 
 
 @kernel(fastmath={"contract", "reassoc"})

@@ -4,7 +4,7 @@ z h)."""
 import numpy as np
 
 from .binary import _input_grad_step, _input_step
-from .jit import (_add, _add_tn, _at, _carry, _copy, _matmul, _rows, _sigmoid, _step, _tanh,
+from .jit import (_add, _add_tn, _at, _carry, _copy, _matmul, _rows, vsigmoid, _step, vtanh,
                   _zero, kernel)
 from .scan import (arrays, bias_grad, dA_buffer, dinp_buffers, dU_of, dUT_buffer, empty,
                    input_grads)
@@ -26,9 +26,9 @@ def gru_forward(inp, UT_rz, UT_n, h0, mask, out, tm, S, Q, acts, b0, b1):
                 _zero(Q[t, b])          # finite: a dense input's dU sums dA_n^T Q over all rows
                 continue
             for j in range(H):
-                r = _sigmoid(x[b, j] + a[b, j])
+                r = vsigmoid(x[b, j] + a[b, j])
                 acts[t, b, j] = r
-                acts[t, b, H + j] = _sigmoid(x[b, H + j] + a[b, H + j])
+                acts[t, b, H + j] = vsigmoid(x[b, H + j] + a[b, H + j])
                 Q[t, b, j] = r * S[t, b, j]
         _matmul(Q[t, lo:hi], UT_n, an[lo:hi])
         for b in range(b0, b1):
@@ -37,7 +37,7 @@ def gru_forward(inp, UT_rz, UT_n, h0, mask, out, tm, S, Q, acts, b0, b1):
                 continue
             o = _at(out, t, b, tm)
             for j in range(H):
-                n = _tanh(x[b, 2 * H + j] + an[b, j])
+                n = vtanh(x[b, 2 * H + j] + an[b, j])
                 z = acts[t, b, H + j]
                 h = (1 - z) * S[t, b, j] + z * n
                 acts[t, b, 2 * H + j] = n
@@ -104,10 +104,10 @@ def gru_torch_forward(inp, UT, bh, h0, mask, out, tm, S, HN, acts, b0, b1):
                 continue
             o = _at(out, t, b, tm)
             for j in range(H):
-                r = _sigmoid(x[b, j] + (a[b, j] + bh[j]))
-                z = _sigmoid(x[b, H + j] + (a[b, H + j] + bh[H + j]))
+                r = vsigmoid(x[b, j] + (a[b, j] + bh[j]))
+                z = vsigmoid(x[b, H + j] + (a[b, H + j] + bh[H + j]))
                 hn = a[b, 2 * H + j] + bh[2 * H + j]
-                n = _tanh(x[b, 2 * H + j] + r * hn)
+                n = vtanh(x[b, 2 * H + j] + r * hn)
                 h = (1 - z) * n + z * S[t, b, j]
                 acts[t, b, j], acts[t, b, H + j], acts[t, b, 2 * H + j] = r, z, n
                 HN[t, b, j] = hn

@@ -233,7 +233,7 @@ def _tanh64(x):
                             - 1.61468768441708447952e3)
                            / (((z + 1.12811678491632931402e2) * z + 2.23548839060100448583e3) * z
                               + 4.84406305325125486048e3))
-    y = small if ax < 0.625 else 1.0 - 2.0 / (_exp(2.0 * ax) + 1.0)
+    y = small if ax < 0.625 else 1.0 - 2.0 / (vexp(2.0 * ax) + 1.0)
     return y if x >= 0 else -y
 
 
@@ -247,7 +247,7 @@ def _tanh32(x):
     ax = abs(x)
     z = ax * ax
     small = ((((_Q0_F * z + _Q1_F) * z + _Q2_F) * z + _Q3_F) * z + _Q4_F) * z * ax + ax
-    y = small if ax < _CUT_F else _ONE_F - _TWO_F / (_exp(_TWO_F * ax) + _ONE_F)
+    y = small if ax < _CUT_F else _ONE_F - _TWO_F / (vexp(_TWO_F * ax) + _ONE_F)
     return y if x >= 0 else -y
 
 
@@ -291,11 +291,11 @@ def _log1p_unit32(x):
 
 
 def _sigmoid64(x):
-    return 1.0 / (1.0 + _exp(-x))
+    return 1.0 / (1.0 + vexp(-x))
 
 
 def _sigmoid32(x):
-    return _ONE_F / (_ONE_F + _exp(-x))
+    return _ONE_F / (_ONE_F + vexp(-x))
 
 
 def _by_dtype(f32, f64):
@@ -309,10 +309,11 @@ def _by_dtype(f32, f64):
     return stub
 
 
-_exp = _by_dtype(_exp32, _exp64)
-_sigmoid = _by_dtype(_sigmoid32, _sigmoid64)
-_tanh = _by_dtype(_tanh32, _tanh64)
-_log1p_unit = _by_dtype(_log1p_unit32, _log1p_unit64)
+# v for vectorizable: what the kernels (and heads.py's Bernoulli NLL) call
+vexp = _by_dtype(_exp32, _exp64)
+vsigmoid = _by_dtype(_sigmoid32, _sigmoid64)
+vtanh = _by_dtype(_tanh32, _tanh64)
+vlog1p_unit = _by_dtype(_log1p_unit32, _log1p_unit64)
 
 
 @kernel

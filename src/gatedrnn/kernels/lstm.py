@@ -3,8 +3,8 @@ torch.nn's LSTM with P = 0 and bh = b_hh (torch)."""
 import numpy as np
 
 from .binary import _input_grad_step, _input_step
-from .jit import (_add_tn, _at, _carry, _copy, _flat, _matmul, _over_batch, _rows, _sigmoid,
-                  _step, _tanh, _zero, kernel)
+from .jit import (_add_tn, _at, _carry, _copy, _flat, _matmul, _over_batch, _rows, vsigmoid,
+                  _step, vtanh, _zero, kernel)
 from .scan import (arrays, bias_grad, bias_or_zeros, dA_buffer, dinp_buffers, dU_of, dUT_buffer,
                    empty, input_grads)
 
@@ -34,17 +34,17 @@ def lstm_forward(inp, UT, bh, P, h0, c0, mask, out, tm, S, C, acts, tc, b0, b1):
         y, h = _flat(tc[t], k0, k1), _flat(S[t + 1], k0, k1)
         pi, pf, po = _flat(PB[0], k0, k1), _flat(PB[1], k0, k1), _flat(PB[2], k0, k1)
         for k in range(k1 - k0):
-            i[k] = _sigmoid(i[k] + pi[k] * c_prev[k])
+            i[k] = vsigmoid(i[k] + pi[k] * c_prev[k])
         for k in range(k1 - k0):
-            f[k] = _sigmoid(f[k] + pf[k] * c_prev[k])
+            f[k] = vsigmoid(f[k] + pf[k] * c_prev[k])
         for k in range(k1 - k0):
-            g[k] = _tanh(g[k])
+            g[k] = vtanh(g[k])
         for k in range(k1 - k0):
             c[k] = f[k] * c_prev[k] + i[k] * g[k]
         for k in range(k1 - k0):
-            o[k] = _sigmoid(o[k] + po[k] * c[k])
+            o[k] = vsigmoid(o[k] + po[k] * c[k])
         for k in range(k1 - k0):
-            y[k] = _tanh(c[k])
+            y[k] = vtanh(c[k])
         for k in range(k1 - k0):
             h[k] = o[k] * y[k]
         for b in range(b0, b1):

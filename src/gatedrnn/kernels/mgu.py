@@ -4,7 +4,7 @@ gate: f plays both the reset gate (before U_h) and the update gate."""
 import numpy as np
 
 from .binary import _input_grad_step, _input_step
-from .jit import (_add, _add_tn, _at, _carry, _copy, _matmul, _rows, _sigmoid, _step, _tanh,
+from .jit import (_add, _add_tn, _at, _carry, _copy, _matmul, _rows, vsigmoid, _step, vtanh,
                   _zero, kernel)
 from .scan import arrays, dA_buffer, dinp_buffers, dU_of, dUT_buffer, empty, input_grads
 
@@ -25,7 +25,7 @@ def mgu_forward(inp, UT_f, UT_h, h0, mask, out, tm, S, Q, acts, b0, b1):
                 _zero(Q[t, b])          # finite: a dense input's dU sums dA_h^T Q over all rows
                 continue
             for j in range(H):
-                f = _sigmoid(x[b, j] + a[b, j])
+                f = vsigmoid(x[b, j] + a[b, j])
                 acts[t, b, j] = f
                 Q[t, b, j] = f * S[t, b, j]
         _matmul(Q[t, lo:hi], UT_h, an[lo:hi])
@@ -35,7 +35,7 @@ def mgu_forward(inp, UT_f, UT_h, h0, mask, out, tm, S, Q, acts, b0, b1):
                 continue
             o = _at(out, t, b, tm)
             for j in range(H):
-                n = _tanh(x[b, H + j] + an[b, j])
+                n = vtanh(x[b, H + j] + an[b, j])
                 f = acts[t, b, j]
                 h = (1 - f) * S[t, b, j] + f * n
                 acts[t, b, H + j] = n

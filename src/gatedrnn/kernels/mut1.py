@@ -8,7 +8,7 @@ The GRU paper kernel's structure: r before the second product, z read from the i
 import numpy as np
 
 from .binary import _input_grad_step, _input_step
-from .jit import (_add, _add_tn, _at, _carry, _copy, _matmul, _rows, _sigmoid, _step, _tanh,
+from .jit import (_add, _add_tn, _at, _carry, _copy, _matmul, _rows, vsigmoid, _step, vtanh,
                   _zero, kernel)
 from .scan import arrays, dA_buffer, dinp_buffers, dU_of, dUT_buffer, empty, input_grads
 
@@ -30,7 +30,7 @@ def mut1_forward(inp, UT_r, UT_h, bias, h0, mask, out, tm, S, Q, acts, b0, b1):
                 _zero(Q[t, b])          # finite: a dense input's dU sums dpre^T Q over all rows
                 continue
             for j in range(H):
-                r = _sigmoid(x[b, H + j] + a[b, j] + bias[H + j])
+                r = vsigmoid(x[b, H + j] + a[b, j] + bias[H + j])
                 acts[t, b, H + j] = r
                 Q[t, b, j] = r * S[t, b, j]
         _matmul(Q[t, lo:hi], UT_h, an[lo:hi])
@@ -40,9 +40,9 @@ def mut1_forward(inp, UT_r, UT_h, bias, h0, mask, out, tm, S, Q, acts, b0, b1):
                 continue
             o = _at(out, t, b, tm)
             for j in range(H):
-                z = _sigmoid(x[b, j] + bias[j])
-                u = _tanh(x[b, 2 * H + j])
-                m = _tanh(an[b, j] + u + bias[2 * H + j])
+                z = vsigmoid(x[b, j] + bias[j])
+                u = vtanh(x[b, 2 * H + j])
+                m = vtanh(an[b, j] + u + bias[2 * H + j])
                 h = m * z + S[t, b, j] * (1 - z)
                 acts[t, b, j], acts[t, b, 2 * H + j], acts[t, b, 3 * H + j] = z, m, u
                 S[t + 1, b, j], o[j] = h, h

@@ -2,7 +2,7 @@
 import numpy as np
 
 from .binary import _input_grad_step, _input_step
-from .jit import _add_tn, _at, _carry, _copy, _matmul, _rows, _step, _tanh, _zero, kernel
+from .jit import _add_tn, _at, _carry, _copy, _matmul, _rows, _step, vtanh, _zero, kernel
 from .scan import (arrays, bias_grad, bias_or_zeros, dA_buffer, dinp_buffers, dU_of, dUT_buffer,
                    input_grads)
 
@@ -21,7 +21,7 @@ def tanh_forward(inp, UT, bh, h0, mask, out, tm, S, b0, b1):
             if mask[t, b]:
                 o = _at(out, t, b, tm)
                 for j in range(H):
-                    v = _tanh(x[b, j] + (a[b, j] + bh[j]))
+                    v = vtanh(x[b, j] + (a[b, j] + bh[j]))
                     S[t + 1, b, j] = v
                     o[j] = v
             else:
