@@ -48,6 +48,8 @@ def _pm(row, key):
     """mean ± std of ``key`` in an aggregated row, or - where the runs lack it."""
     if row.get(f"{key}_mean") is None:
         return "-"
+    if row["seeds"] < 2:
+        return f"{row[f'{key}_mean']:.2f}"
     return f"{row[f'{key}_mean']:.2f} ± {row[f'{key}_std']:.2f}"
 
 
@@ -193,9 +195,10 @@ def table2_markdown(rows, settings=None, title=None):
     lines = [f"# {title}", ""]
     if done and not any(r["lr_candidates"] for r in rows):
         r0 = done[0]
+        seeds = (f"seed {r0['seed_list'][0]}" if r0["seeds"] == 1 else
+                 f"seeds {', '.join(map(str, r0['seed_list']))}; mean ± sample std over them")
         lines += [f"Protocol: every unit at learning rate {r0['lr']:.2e} (no search), "
-                  f"{r0['seeds']} seed(s) each ({', '.join(map(str, r0['seed_list']))}); mean "
-                  f"± sample std over seeds. Batch {r0['batch_size']}, at most "
+                  f"{seeds}. Batch {r0['batch_size']}, at most "
                   f"{r0['max_epochs']} epochs, early stopping patience {r0['patience']}, weight "
                   f"noise {r0['weight_noise']}, objective {r0['objective']}. `test per "
                   "sequence` averages within each sequence, then over sequences. `epochs` and "
