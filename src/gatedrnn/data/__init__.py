@@ -15,7 +15,9 @@ projection of a one-hot token is a learned embedding, one per gate block, with n
 fetch.py downloads the paper's datasets into a checksummed cache; batching.py makes padded
 minibatches.
 """
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -77,8 +79,9 @@ def _prefixed(name, prefix):
 def load_data(name, data_dir=None, info=None, sample_rate=8000, steps_per_quarter=2,
               log=print) -> Data:
     """Dataset ``name`` as model-ready examples. ``info`` is a run's saved data info
-    (normalisation, vocabulary): given, the data is read exactly as that run read it; without
-    it, statistics come from the training split."""
+    (normalisation, vocabulary, digest): given, the data is read exactly as that run read it,
+    and data that differs from the run's (its digest) is a UserError; without it, statistics
+    come from the training split."""
     task_of(name)
     info = info or {}
     if name in MUSIC:
@@ -106,18 +109,26 @@ def _check_same(saved, now, name, what):
                         f"{now[:12]} now)")
 
 
+def _file_digest(name, path, info):
+    """sha256 of the file's bytes, checked against the run's (``info``) where it has one."""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    _check_same(info.get("digest"), digest, name, "file's contents")
+    return digest
+
+
 def _npz(path, info):
     from .arrays import load_npz
     splits, kind = load_npz(path)
+    digest = _file_digest(f"npz:{path}", path, info)
     if kind == "binary":
         D = splits["train"][0].shape[1]
         return Data({s: music_examples(v) for s, v in splits.items()},
-                    Task("binary", D, D, "bernoulli"))
+                    Task("binary", D, D, "bernoulli"), {"digest": digest})
     if kind == "tokens":
         V = int(info.get("vocabulary_size") or 1 + max(int(s.max()) for v in splits.values()
                                                           for s in v if len(s)))
         return Data({s: token_examples(v, V) for s, v in splits.items()},
-                    Task("tokens", V, V, "categorical"), {"vocabulary_size": V})
+                    Task("tokens", V, V, "categorical"), {"vocabulary_size": V, "digest": digest})
     D = splits["train"][0].shape[1]
     if "normalization" in info:
         mean, std = (np.asarray(info["normalization"][k], np.float64) for k in ("mean", "std"))
@@ -128,15 +139,17 @@ def _npz(path, info):
     examples = {s: shifted_examples([((x - mean) / std).astype(np.float32) for x in v])
                 for s, v in splits.items()}
     return Data(examples, Task("real", D, D, "gmm"),
-                {"normalization": {"mean": mean.tolist(), "std": std.tolist()}})
+                {"normalization": {"mean": mean.tolist(), "std": std.tolist()}, "digest": digest})
 
 
 def _text(path, info):
     from .text import load_text
     splits, vocab = load_text(path, vocab=info.get("vocab"))
+    digest = _file_digest(f"text:{path}", path, info)
     V = len(vocab)
     return Data({s: token_examples(v, V) for s, v in splits.items()},
-                Task("tokens", V, V, "categorical", characters=True), {"vocab": vocab})
+                Task("tokens", V, V, "categorical", characters=True),
+                {"vocab": vocab, "digest": digest})
 
 
 def load_examples(name, data_dir=None):
