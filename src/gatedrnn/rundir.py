@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -146,6 +147,12 @@ def provenance():
     except (OSError, subprocess.SubprocessError):
         pass                                          # no git, or not a checkout
     return {"gatedrnn": __version__, "commit": commit, "torch": torch.__version__}
+
+
+def dataset_dirname(dataset):
+    """The directory name of a dataset's runs: its name with every character but A-Z a-z 0-9
+    _ . - as _ (text:/data/book.txt -> text__data_book.txt), one directory, not a path."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", dataset)
 
 
 def holds_run(run_dir):

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError, describe
+from .rundir import dataset_dirname
 
 from .train import COMPARE_DEFAULTS
 
@@ -148,8 +149,8 @@ def study_name(sweep, dataset, cell, variant, phase):
 
 
 def run_dir_of(out, dataset, cell, variant, phase, number):
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", dataset)          # wav:DIR names a path
-    return Path(out) / "runs" / safe / cell / variant / phase / f"trial-{number:04d}"
+    return (Path(out) / "runs" / dataset_dirname(dataset) / cell / variant / phase
+            / f"trial-{number:04d}")
 
 
 # ---------------------------------------------------------------------------------- storage

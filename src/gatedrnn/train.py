@@ -516,8 +516,8 @@ def compare(base: TrainConfig, run_root, cells=PAPER_UNITS, datasets=None, log=p
             progress=None, resume=False):
     """Train each unit on each dataset with the same settings (each unit at its Table 1 size,
     or all sized to base.model.params); {dataset: {cell: metrics}} with run directories
-    RUN_ROOT/DATASET/CELL. With ``resume``, units whose run directory holds a run continue it;
-    the others start."""
+    RUN_ROOT/DATASET/CELL, DATASET the dataset's rundir.dataset_dirname. With ``resume``, units
+    whose run directory holds a run continue it; the others start."""
     results = {}
     for dataset in datasets or [base.dataset]:
         config = replace(base, dataset=dataset)
@@ -525,7 +525,7 @@ def compare(base: TrainConfig, run_root, cells=PAPER_UNITS, datasets=None, log=p
         results[dataset] = {}
         for cell in cells:
             unit = replace(config, model=replace(config.model, cell=cell))
-            run_dir = Path(run_root) / dataset / cell
+            run_dir = Path(run_root) / rundir.dataset_dirname(dataset) / cell
             log(f"== {dataset} / {cell} ({resolve(unit.model, data.task).hidden_size} units) ==")
             results[dataset][cell] = train(unit, run_dir, data, log=log, progress=progress,
                                            resume=resume and bool(rundir.holds_run(run_dir)))
