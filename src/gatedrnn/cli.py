@@ -155,10 +155,14 @@ def cmd_compare(args):
         print(f"stopped; continue with the same command and --resume (run directories in {out})")
         return stopped[0]
     from .report import PAPER_DATASET
+    from .rundir import dataset_dirname
     for dataset, by_cell in results.items():
         paper = (f"; the paper's columns are {PAPER_DATASET[dataset]}"
                  if dataset in PAPER_DATASET else "")
-        print(f"\n{dataset}: NLL in nats per time step (run directories in {out / dataset}{paper})\n")
+        text = ("; bits/char: bits per character, NLL / ln 2"
+                if all("test_bits_per_char" in m for m in by_cell.values()) else "")
+        print(f"\n{dataset}: NLL in nats per time step{text} (run directories in "
+              f"{out / dataset_dirname(dataset)}{paper})\n")
         print(compare_markdown(dataset, by_cell))
 
 

@@ -41,22 +41,29 @@ def units_markdown(params=None):
 
 
 def compare_markdown(dataset, results):
-    """results: {cell: metrics dict}. Ours beside the paper's Table 2 row for ``dataset``."""
-    paper = PAPER_TABLE2.get(dataset, {})
+    """results: {cell: metrics dict}. Ours, beside the paper's Table 2 row where ``dataset`` is
+    one of its datasets; speech also per sample, text also in bits per character."""
+    paper = PAPER_TABLE2.get(dataset)
+    header = ["unit", "params", "train", "valid", "test",
+              *(["paper train", "paper test"] if paper else []), "best epoch", "seconds"]
     rows = []
     for cell, m in results.items():
-        p_train, p_test = paper.get(cell, (None, None))
-        rows.append([cell, f"{m['params']:,}", f"{m['train_nll']:.2f}", f"{m['valid_nll']:.2f}",
-                     f"{m['test_nll']:.2f}", _fmt(p_train), _fmt(p_test), m["best_epoch"],
-                     f"{m['seconds']:.0f}"])
-    header = ["unit", "params", "train", "valid", "test", "paper train", "paper test",
-              "best epoch", "seconds"]
+        row = [cell, f"{m['params']:,}", f"{m['train_nll']:.2f}", f"{m['valid_nll']:.2f}",
+               f"{m['test_nll']:.2f}"]
+        if paper:
+            row += [_fmt(x) for x in paper.get(cell, (None, None))]
+        rows.append(row + [m["best_epoch"], f"{m['seconds']:.0f}"])
     speech = all("test_nll_per_sample" in m for m in results.values()) and results
     if speech:
         base = next(iter(results.values()))["baseline_iid_gaussian_per_sample"]["test"]
         header += ["test per sample", "i.i.d. Gaussian per sample"]
         for row, m in zip(rows, results.values()):
             row += [f"{m['test_nll_per_sample']:.3f}", f"{base:.3f}"]
+    text = all("test_bits_per_char" in m for m in results.values()) and results
+    if text:
+        header += [f"{s} bits/char" for s in ("train", "valid", "test")]
+        for row, m in zip(rows, results.values()):
+            row += [f"{m[f'{s}_bits_per_char']:.3f}" for s in ("train", "valid", "test")]
     return markdown_table(header, rows)
 
 
