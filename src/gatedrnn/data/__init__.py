@@ -16,6 +16,7 @@ fetch.py downloads the paper's datasets into a checksummed cache; batching.py ma
 minibatches.
 """
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +117,17 @@ def _file_digest(name, path, info):
     return digest
 
 
+def _check_one_hot(name, splits, V, why):
+    """A UserError, before any allocation, where the one-hot inputs of every split (float32,
+    held twice: the examples and their padded batches) would not fit in this machine's memory."""
+    need = 2 * 4 * V * sum(len(s) for v in splits.values() for s in v)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > memory:
+        raise UserError(f"{name}: {why}: the one-hot inputs ({V:,} wide) need about "
+                        f"{need / 2**30:,.0f} GiB, more than this machine's "
+                        f"{memory / 2**30:.0f} GiB of memory")
+
+
 def _npz(path, info):
     from .arrays import load_npz
     splits, kind = load_npz(path)
@@ -127,6 +139,8 @@ def _npz(path, info):
     if kind == "tokens":
         V = int(info.get("vocabulary_size") or 1 + max(int(s.max()) for v in splits.values()
                                                           for s in v if len(s)))
+        _check_one_hot(f"npz:{path}", splits, V, f"token ids up to {V - 1:,}; number the tokens "
+                       "0..V-1 without gaps")
         return Data({s: token_examples(v, V) for s, v in splits.items()},
                     Task("tokens", V, V, "categorical"), {"vocabulary_size": V, "digest": digest})
     D = splits["train"][0].shape[1]
@@ -147,6 +161,7 @@ def _text(path, info):
     splits, vocab = load_text(path, vocab=info.get("vocab"))
     digest = _file_digest(f"text:{path}", path, info)
     V = len(vocab)
+    _check_one_hot(f"text:{path}", splits, V, f"{V - 1:,} distinct characters")
     return Data({s: token_examples(v, V) for s, v in splits.items()},
                 Task("tokens", V, V, "categorical", characters=True),
                 {"vocab": vocab, "digest": digest})
