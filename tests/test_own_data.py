@@ -175,9 +175,18 @@ def test_npz_of_every_kind_and_layout(tmp_path, kind, head, layout):
     assert metrics["epochs"] == 2 and all(math.isfinite(metrics[f"{s}_nll"]) for s in SPLITS)
     check_eval(run, metrics)
 
-    seqs["test"] = seqs["test"][:2]                    # the file changes: eval says so
-    save_npz(tmp_path / "seqs.npz", seqs, layout)
-    one_line_error(run_cli("eval", run), "differ from the run's")
+    if layout == "padded":                             # the file changes: eval says so
+        seqs["test"] = seqs["test"][:2]
+        save_npz(tmp_path / "seqs.npz", seqs, layout)
+        one_line_error(run_cli("eval", run), "differ from the run's")
+
+
+def test_npz_of_sparse_token_ids_is_one_line_not_out_of_memory(tmp_path):
+    np.savez(tmp_path / "ids.npz", train=np.array([[1, 2, 10**9]]), valid=np.array([[1, 2]]),
+             test=np.array([[3, 4]]))
+    r = run_cli("train", "--dataset", f"npz:{tmp_path / 'ids.npz'}", *TINY, "--epochs", 1,
+                "--run-dir", tmp_path / "run")
+    one_line_error(r, "token ids up to 1,000,000,000; number the tokens 0..V-1 without gaps")
 
 
 # ---- a text ----
