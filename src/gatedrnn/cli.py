@@ -74,8 +74,17 @@ def config_from_args(args, **fixed):
         raise UserError("give --hidden-size or --params, not both")
     if values.get("data_dir"):
         values["data_dir"] = str(Path(values["data_dir"]).resolve())
+    values["dataset"] = absolute_dataset(values["dataset"])
     model = ModelConfig(**values.pop("model"))
     return TrainConfig(model=model, **values)
+
+
+def absolute_dataset(name):
+    """A dataset named by a path (wav:DIR, midi:DIR, npz:FILE, text:FILE) with that path made
+    absolute, so that the run's config.json finds the data from any directory; others as given."""
+    from .data import PREFIXES
+    prefix = next((p for p in PREFIXES if name.startswith(p) and len(name) > len(p)), None)
+    return prefix + str(Path(name[len(prefix):]).expanduser().resolve()) if prefix else name
 
 
 class Progress:
@@ -131,7 +140,7 @@ def cmd_train(args):
 def cmd_compare(args):
     from .report import records_from_run_dirs, write_results
     from .train import compare
-    datasets = args.datasets or [args.dataset]
+    datasets = [absolute_dataset(d) for d in args.datasets or [args.dataset]]
     config = config_from_args(args, dataset=datasets[0])
     if args.seeds < 1:
         raise UserError(f"--seeds must be a positive integer, got {args.seeds}")
@@ -221,9 +230,10 @@ def print_results(paths):
 
 def cmd_reproduce(args):
     from .sweep import SweepConfig, options_of, reproduce
-    config = config_from_args(args, dataset=args.datasets[0], cell=args.cells[0],
+    datasets = [absolute_dataset(d) for d in args.datasets]
+    config = config_from_args(args, dataset=datasets[0], cell=args.cells[0],
                               variant=args.variants[0], lr=1e-3)
-    sweep = SweepConfig(name=args.study, datasets=args.datasets, cells=args.cells,
+    sweep = SweepConfig(name=args.study, datasets=datasets, cells=args.cells,
                         variants=args.variants, trials=args.trials, seeds=args.seeds,
                         lr_range=tuple(args.lr_range), seed=args.seed, options=options_of(config))
     if args.workers < 0:

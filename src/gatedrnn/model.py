@@ -61,8 +61,13 @@ def resolve(config: ModelConfig, task) -> ModelConfig:
     else:
         hidden = hidden_for_params(cls, task.input_size, config.params or BUDGET[group],
                                    config.variant, config.num_layers)
+    head = config.head or task.head
+    if (head == "categorical") != (task.head == "categorical"):   # tokens (B, T) vs vectors (B, T, D)
+        raise UserError(f"head {head} does not fit {task.kind} data: " + (
+            "token targets need the categorical head" if task.head == "categorical" else
+            f"the categorical head needs token targets (this data's head: {task.head})"))
     return replace(config, hidden_size=hidden, input_size=task.input_size,
-                   output_size=task.output_size, head=config.head or task.head)
+                   output_size=task.output_size, head=head)
 
 
 class SequenceModel(nn.Module):

@@ -218,9 +218,10 @@ def table2_markdown(rows, settings=None, title=None):
                   "of the split (each step counts once); `test per sequence` first averages "
                   "within each sequence, then over sequences (long sequences count less). "
                   "`epochs` and `seconds` are per run, averaged over seeds.", ""]
+    paper = any(r["paper_test_nll"] is not None for r in done)
     header = ["dataset", "unit", "variant", "units", "params (recurrent)", "lr", "seeds", "train",
-              "valid", "test", "test per sequence", "paper train", "paper test", "epochs",
-              "seconds"]
+              "valid", "test", "test per sequence", *(["paper train", "paper test"] * paper),
+              "epochs", "seconds"]
     body = []
     for r in done:
         seeds = str(r["seeds"]) + (f" ({r['diverged_seeds']} diverged)" if r["diverged_seeds"] else "")
@@ -229,7 +230,7 @@ def table2_markdown(rows, settings=None, title=None):
                      f"{r['params']:,}{recurrent}", f"{r['lr']:.2e}", seeds,
                      *(_pm(r, k) for k in ("train_nll", "valid_nll", "test_nll",
                                            "test_nll_per_sequence")),
-                     _fmt(r["paper_train_nll"]), _fmt(r["paper_test_nll"]),
+                     *([_fmt(r["paper_train_nll"]), _fmt(r["paper_test_nll"])] * paper),
                      f"{r['epochs']:.0f}", f"{r['seconds']:.0f}"])
     extra = [(key, label) for key, label in (
         ("test_nll_per_sample", "test per sample"), ("test_bits_per_char", "test bits per char"))

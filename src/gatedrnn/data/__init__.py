@@ -15,7 +15,10 @@ projection of a one-hot token is a learned embedding, one per gate block, with n
 fetch.py downloads the paper's datasets into a checksummed cache; batching.py makes padded
 minibatches.
 """
+import hashlib
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -77,8 +80,9 @@ def _prefixed(name, prefix):
 def load_data(name, data_dir=None, info=None, sample_rate=8000, steps_per_quarter=2,
               log=print) -> Data:
     """Dataset ``name`` as model-ready examples. ``info`` is a run's saved data info
-    (normalisation, vocabulary): given, the data is read exactly as that run read it; without
-    it, statistics come from the training split."""
+    (normalisation, vocabulary, digest): given, the data is read exactly as that run read it,
+    and data that differs from the run's (its digest) is a UserError; without it, statistics
+    come from the training split."""
     task_of(name)
     info = info or {}
     if name in MUSIC:
@@ -106,18 +110,39 @@ def _check_same(saved, now, name, what):
                         f"{now[:12]} now)")
 
 
+def _file_digest(name, path, info):
+    """sha256 of the file's bytes, checked against the run's (``info``) where it has one."""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    _check_same(info.get("digest"), digest, name, "file's contents")
+    return digest
+
+
+def _check_one_hot(name, splits, V, why):
+    """A UserError, before any allocation, where the one-hot inputs of every split (float32,
+    held twice: the examples and their padded batches) would not fit in this machine's memory."""
+    need = 2 * 4 * V * sum(len(s) for v in splits.values() for s in v)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > memory:
+        raise UserError(f"{name}: {why}: the one-hot inputs ({V:,} wide) need about "
+                        f"{need / 2**30:,.0f} GiB, more than this machine's "
+                        f"{memory / 2**30:.0f} GiB of memory")
+
+
 def _npz(path, info):
     from .arrays import load_npz
     splits, kind = load_npz(path)
+    digest = _file_digest(f"npz:{path}", path, info)
     if kind == "binary":
         D = splits["train"][0].shape[1]
         return Data({s: music_examples(v) for s, v in splits.items()},
-                    Task("binary", D, D, "bernoulli"))
+                    Task("binary", D, D, "bernoulli"), {"digest": digest})
     if kind == "tokens":
         V = int(info.get("vocabulary_size") or 1 + max(int(s.max()) for v in splits.values()
                                                           for s in v if len(s)))
+        _check_one_hot(f"npz:{path}", splits, V, f"token ids up to {V - 1:,}; number the tokens "
+                       "0..V-1 without gaps")
         return Data({s: token_examples(v, V) for s, v in splits.items()},
-                    Task("tokens", V, V, "categorical"), {"vocabulary_size": V})
+                    Task("tokens", V, V, "categorical"), {"vocabulary_size": V, "digest": digest})
     D = splits["train"][0].shape[1]
     if "normalization" in info:
         mean, std = (np.asarray(info["normalization"][k], np.float64) for k in ("mean", "std"))
@@ -128,15 +153,18 @@ def _npz(path, info):
     examples = {s: shifted_examples([((x - mean) / std).astype(np.float32) for x in v])
                 for s, v in splits.items()}
     return Data(examples, Task("real", D, D, "gmm"),
-                {"normalization": {"mean": mean.tolist(), "std": std.tolist()}})
+                {"normalization": {"mean": mean.tolist(), "std": std.tolist()}, "digest": digest})
 
 
 def _text(path, info):
     from .text import load_text
     splits, vocab = load_text(path, vocab=info.get("vocab"))
+    digest = _file_digest(f"text:{path}", path, info)
     V = len(vocab)
+    _check_one_hot(f"text:{path}", splits, V, f"{V - 1:,} distinct characters")
     return Data({s: token_examples(v, V) for s, v in splits.items()},
-                Task("tokens", V, V, "categorical", characters=True), {"vocab": vocab})
+                Task("tokens", V, V, "categorical", characters=True),
+                {"vocab": vocab, "digest": digest})
 
 
 def load_examples(name, data_dir=None):
