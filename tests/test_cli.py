@@ -72,7 +72,7 @@ def test_params_prints_table1(capsys):
     (["train", "--dataset", "jsb", "--cell", "nosuch:Unit", "--run-dir", "x"],
      "unit 'nosuch:Unit': cannot import Unit from nosuch (ModuleNotFoundError"),
     (["train", "--hidden-size", "8", "--params", "9000", "--run-dir", "x"],
-     "give --hidden-size or --params, not both"),
+     "give hidden_size or params, not both"),
     (["train", "--dataset", "jsb", "--cell", "gru", "--lr", "abc", "--run-dir", "x"],
      "argument --lr: invalid float value: 'abc'"),
     (["train", "--dataset", "jsb", "--cell", "gru", "--lr", "-1", "--run-dir", "x"],

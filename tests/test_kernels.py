@@ -578,8 +578,8 @@ def test_bernoulli_head_follows_the_models_backend(monkeypatch):
     """A model's Bernoulli head runs the compiled NLL on the fast backend and torch's on the
     reference one; same NLL and gradients."""
     calls = []
-    original = heads._bernoulli_nll
-    monkeypatch.setattr(heads, "_bernoulli_nll", lambda *a: calls.append(1) or original(*a))
+    original = heads.bernoulli_nll_loop
+    monkeypatch.setattr(heads, "bernoulli_nll_loop", lambda *a: calls.append(1) or original(*a))
     torch.manual_seed(32)
     config = ModelConfig(cell="gru", hidden_size=5, input_size=6, output_size=6, head="bernoulli",
                          weight_noise=0.0)

@@ -203,6 +203,38 @@ def test_resume_of_a_finished_run_changes_nothing(tiny_jsb, reference, tmp_path)
     assert without_seconds(again) == without_seconds(metrics)
 
 
+def test_a_run_written_by_gatedrnn_0_1_is_read_and_resumed(tiny_jsb, reference, tmp_path):
+    """config.json and the checkpoint in 0.1's layout (settings flat under "train", the model's
+    beside them): read as the same configuration, evaluated and resumed."""
+    import json
+    import shutil
+    from gatedrnn import rundir
+    from gatedrnn.train import evaluate_run, read_run
+    run = tmp_path / "old"
+    shutil.copytree(reference[0], run)
+    record = json.loads((run / "config.json").read_text())
+    settings = dict(record["config"])
+    model = settings.pop("model")
+    old = {"train": {**settings, **{k: model[k] for k in ("cell", "variant", "backend",
+                                                          "hidden_size", "weight_noise",
+                                                          "components")}},
+           "model": {k: model[k] for k in ("cell", "variant", "hidden_size", "input_size",
+                                           "output_size", "head", "components", "weight_noise",
+                                           "backend")},
+           "normalization": None, "backend": record["backend"], "torch": record["torch"]}
+    for key in ("objective", "max_step", "steps_per_quarter"):       # added since 0.1
+        old["train"].pop(key)
+    (run / "config.json").write_text(json.dumps(old))
+    parts, state = rundir.load_checkpoint(run / "checkpoint.safetensors")
+    state["train"] = old["train"]
+    del state["config"]
+    rundir.save_checkpoint(run / "checkpoint.safetensors", parts, state)
+    assert read_run(run)[0] == read_run(reference[0])[0]
+    assert evaluate_run(run)["test_nll"] == pytest.approx(reference[1]["test_nll"], rel=1e-9)
+    again = train(config(tiny_jsb), run, log=lambda s: None, resume=True)
+    assert without_seconds(again) == without_seconds(reference[1])
+
+
 def test_compare_resume_continues_each_unit(tiny_jsb, tmp_path):
     from gatedrnn.train import compare
     base = config(tiny_jsb, epochs=2)

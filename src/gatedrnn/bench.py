@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cells import UNITS
-from .model import TABLE1_UNITS, BUDGET, SequenceModel, hidden_for_params, resolve
+from .cells import PAPER_UNITS, UNITS
+from .model import SequenceModel, default_hidden, resolve
 from .config import ModelConfig
 
 INPUTS = {"music": 88, "music-dense": 88, "speech": 20}
@@ -46,10 +46,7 @@ OUTPUTS = {"music": 88, "music-dense": 88, "speech": 10}
 
 
 def hidden_size(cell, task):
-    group = task.split("-")[0]
-    if cell in TABLE1_UNITS[group]:
-        return TABLE1_UNITS[group][cell]
-    return hidden_for_params(UNITS[cell], INPUTS[task], BUDGET[group])
+    return default_hidden(cell, task.split("-")[0], INPUTS[task])[0]
 
 
 def inputs(task, T, B):
@@ -198,7 +195,7 @@ def ratio(times):
     return best / times["fast"]
 
 
-def run(tasks=TASKS, cells=("tanh", "gru", "lstm"), batches=(1, 32), T=200, repeats=7,
+def run(tasks=TASKS, cells=PAPER_UNITS, batches=(1, 32), T=200, repeats=7,
         epoch=True, data_dir=None, epoch_batch_size=32, epoch_repeats=3, first_use=True,
         reference=False, log=print):
     """Time everything and print the tables; returns the rows."""

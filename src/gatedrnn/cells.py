@@ -652,7 +652,8 @@ def _scan_output(h, mask):
     return (h if mask is None else h * mask.unsqueeze(-1)), (h[-1],)
 
 
-CELLS = {name: UNITS[name] for name in ("tanh", "gru", "lstm")}   # the paper's three
+PAPER_UNITS = ("tanh", "gru", "lstm")
+CELLS = {name: UNITS[name] for name in PAPER_UNITS}      # the paper's three, by name
 
 
 # -- the reference loop and its helpers ------------------------------------------------------------

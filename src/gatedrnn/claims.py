@@ -14,9 +14,8 @@ import statistics
 from pathlib import Path
 
 from . import rundir
-from .report import aggregate, markdown_table, records_from_run_dirs
-
-PAPER = ("tanh", "gru", "lstm")
+from .cells import PAPER_UNITS as PAPER
+from .report import aggregate, markdown_table, plus_minus, records_from_run_dirs
 
 
 def write_claims(root, out=None):
@@ -57,10 +56,6 @@ def _by(rows):
     return out
 
 
-def _pm(r, key="test_nll"):
-    return f"{r[f'{key}_mean']:.2f} ± {r[f'{key}_std']:.2f}"
-
-
 def _better(a, b, key="test_nll"):
     """1 if row a is better than b beyond both standard deviations, -1 if worse, 0 if not
     separated."""
@@ -70,7 +65,8 @@ def _better(a, b, key="test_nll"):
 
 
 def _table(by, datasets):
-    body = [[d, *(_pm(by[d][c]) if c in by[d] else "-" for c in PAPER)] for d in datasets]
+    body = [[d, *(plus_minus(by[d][c], "test_nll") if c in by[d] else "-" for c in PAPER)]
+            for d in datasets]
     return markdown_table(["dataset", "tanh", "GRU", "LSTM"], body)
 
 
@@ -216,7 +212,9 @@ def gradflow_claim(flows):
         return claim, "No committed gradient-flow measurement (`gatedrnn gradflow`).", "not checked"
     body, holds, total = [], 0, 0
     for name, table in flows.items():
-        longest = min(max(table[(c, "trained")]) for c in PAPER if (c, "trained") in table)
+        if not all((c, "trained") in table for c in PAPER):
+            continue                                     # not the paper's three units
+        longest = min(max(table[(c, "trained")]) for c in PAPER)
         for lag in sorted({10, 25, 50, longest}):
             values = {c: table.get((c, "trained"), {}).get(lag) for c in PAPER}
             if None in values.values():
@@ -243,7 +241,8 @@ def neither_claim(rows):
     words = {1: "GRU better", -1: "LSTM better", 0: "within one std"}
     evidence = ("GRU against LSTM per dataset (test NLL, separated when the gap exceeds the sum "
                 "of their standard deviations): " +
-                "; ".join(f"{d}: {_pm(by[d]['gru'])} vs {_pm(by[d]['lstm'])}, {words[o]}"
+                "; ".join(f"{d}: {plus_minus(by[d]['gru'], 'test_nll')} vs "
+                          f"{plus_minus(by[d]['lstm'], 'test_nll')}, {words[o]}"
                           for d, o in outcome.items()) + ".")
     gru, lstm = sum(o == 1 for o in outcome.values()), sum(o == -1 for o in outcome.values())
     verdict = ("holds" if gru and lstm or not (gru or lstm) else

@@ -55,7 +55,8 @@ def add_config_options(p, skip=(), defaults=None):
             p.add_argument(option, action=argparse.BooleanOptionalAction, default=default,
                            help=text)
         else:
-            shown = "" if "default" in text else f" (default: {default})"
+            overridden = name in defaults and defaults[name] != f.default
+            shown = "" if "default" in text and not overridden else f" (default: {default})"
             p.add_argument(option, type=_value_parser(kind, optional), default=default,
                            metavar=name.upper(), help=text + shown)
 
@@ -70,8 +71,6 @@ def config_from_args(args, **fixed):
         if name not in fixed and not hasattr(args, name):
             continue
         (values["model"] if path[0] == "model" else values)[name] = value
-    if getattr(args, "hidden_size", None) is not None and getattr(args, "params", None) is not None:
-        raise UserError("give --hidden-size or --params, not both")
     if values.get("data_dir"):
         values["data_dir"] = str(Path(values["data_dir"]).resolve())
     values["dataset"] = absolute_dataset(values["dataset"])
@@ -314,7 +313,8 @@ def cmd_gradflow(args):
 
 def build_parser():
     from .cells import UNITS
-    from .train import COMPARE_DEFAULTS, PAPER_UNITS
+    from .cells import PAPER_UNITS
+    from .train import COMPARE_DEFAULTS
     from . import __version__
     parser = Parser(prog="gatedrnn", description="Recurrent units on sequence modeling, after "
                     "Chung et al. (2014): train, evaluate and compare tanh, GRU, LSTM and any "
@@ -457,7 +457,7 @@ def build_parser():
 
 def main(argv=None):
     if os.getcwd() not in sys.path:     # --cell module:Class finds modules here, as python -m does
-        sys.path.append(os.getcwd())
+        sys.path.insert(0, os.getcwd())
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args)

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from .errors import UserError, describe
 
 OBJECTIVES = ("mean", "released")
-BACKENDS = ("fast", "reference")
 
 
 @dataclass
@@ -44,12 +43,15 @@ class ModelConfig:
     def __post_init__(self):
         from .cells import INITS, unit_class
         from .heads import HEADS
+        from .kernels import BACKENDS
         unit = unit_class(self.cell)
         _choice("variant", self.variant, unit.variants, f" for unit {self.cell}")
         _choice("backend", self.backend, BACKENDS)
         _choice("init", self.init, INITS)
         if self.head is not None:
             _choice("head", self.head, HEADS)
+        if None not in (self.hidden_size, self.params) and self.input_size is None:
+            raise UserError("give hidden_size or params, not both")   # resolved configs keep both
         for name in ("hidden_size", "params", "input_size", "output_size"):
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name))

@@ -34,9 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import rundir
+from . import kernels, rundir
 from .errors import UserError
-from .sample import one_thread
 from .train import build_model, load_config_data, load_run
 
 STATES = ("trained", "init")
@@ -84,7 +83,7 @@ def gradient_norms(model, examples, lags=200, times=32, seed=0):
     float64; ``model`` itself is left as it is."""
     model = copy.deepcopy(model).double().eval()
     sums, counts = np.zeros(lags + 1), np.zeros(lags + 1, np.int64)
-    with one_thread():                       # one step's products are too small to share
+    with kernels.threads(1):                 # one step's products are too small to share
         for n, (inputs, targets) in enumerate(examples):
             steps = chosen_times(len(inputs), times, seed, n)
             for t, norms in sequence_gradients(model, inputs, targets, steps, lags).items():

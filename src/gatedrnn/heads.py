@@ -17,7 +17,7 @@ from torch.autograd.function import once_differentiable
 
 from . import kernels
 from .errors import UserError
-from .kernels.jit import kernel, vexp, vlog1p_unit
+from .kernels.bernoulli import bernoulli_nll_loop
 from .kernels.workspace import workspace
 
 
@@ -26,7 +26,7 @@ class BernoulliHead(nn.Module):
 
     NLL per step = sum_d softplus(-l_d) if y_d = 1 else softplus(l_d), computed stably: by
     binary_cross_entropy_with_logits with ``backend="reference"``, by one compiled pass
-    (bernoulli_nll below, same formula) with ``backend="fast"``.
+    (bernoulli_nll below: kernels/bernoulli.py's loop, same formula) with ``backend="fast"``.
     """
 
     def __init__(self, hidden_size, output_size, backend="fast"):
@@ -59,7 +59,7 @@ def bernoulli_nll(logits, target):
     (sigmoid(logits) - target) for the backward. Where the kernels cannot serve
     (kernels.unsupported; or a target that needs a gradient or a shape other than the logits'),
     it is that torch expression."""
-    reason = kernels.unsupported(logits, target)
+    reason = kernels.unsupported(logits, target, instead="binary_cross_entropy_with_logits")
     if reason or target.requires_grad or target.shape != logits.shape or logits.numel() == 0:
         if reason:
             kernels.warn_once(reason)
@@ -75,7 +75,7 @@ class _BernoulliNLL(torch.autograd.Function):
         flat = logits.detach().contiguous().numpy().reshape(-1, D)
         nll = np.empty(flat.shape[0], flat.dtype)
         grad = workspace.empty(flat.shape, flat.dtype)
-        _bernoulli_nll(flat, target.detach().contiguous().numpy().reshape(-1, D), nll, grad)
+        bernoulli_nll_loop(flat, target.detach().contiguous().numpy().reshape(-1, D), nll, grad)
         ctx.grad = torch.from_numpy(grad).view(logits.shape)
         return torch.from_numpy(nll).view(logits.shape[:-1])
 
@@ -83,32 +83,6 @@ class _BernoulliNLL(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dnll):
         return ctx.grad * dnll.unsqueeze(-1), None
-
-
-@kernel
-def _bernoulli_term(logit, y, zero, one):
-    """-log p(y | sigmoid(logit)) = max(l, 0) - l y + log(1 + e^-|l|), and its derivative in l,
-    sigmoid(l) - y. NaN in, NaN out (l y is NaN). zero, one: of the logits' dtype."""
-    e = vexp(-abs(logit))
-    s = one / (one + e)
-    return max(logit, zero) - logit * y + vlog1p_unit(e), (s if logit >= zero else e * s) - y
-
-
-@kernel(fastmath={"contract", "reassoc"})
-def _bernoulli_nll(logits, target, nll, grad):
-    """nll (N,) = per row the sum over D of the Bernoulli NLL of target (N, D) under logits
-    (N, D); grad (N, D) = its derivative in the logits. The per-entry arithmetic is exact
-    (_bernoulli_term, compiled with the kernels' flags); only the row sum is reassociated, which lets
-    it vectorize."""
-    N, D = logits.shape
-    zero, one = logits.dtype.type(0), logits.dtype.type(1)
-    for r in range(N):
-        acc = zero
-        for d in range(D):
-            v, g = _bernoulli_term(logits[r, d], target[r, d], zero, one)
-            grad[r, d] = g
-            acc += v
-        nll[r] = acc
 
 
 class MixtureGaussianHead(nn.Module):

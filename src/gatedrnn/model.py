@@ -48,19 +48,24 @@ def hidden_for_params(cls, input_size, budget, variant="paper", num_layers=1):
     return lo
 
 
+def default_hidden(cell, group, input_size, params=None, variant="paper", num_layers=1):
+    """(hidden size, how it was chosen) of a unit with no hidden size given: Table 1's for the
+    paper's units (unless ``params`` is given), else the size closest to ``params`` or, without
+    it, to Table 1's budget for the task's group (music or speech)."""
+    if params is None and cell in TABLE1_UNITS[group]:
+        return TABLE1_UNITS[group][cell], "Table 1"
+    budget = params or BUDGET[group]
+    return (hidden_for_params(unit_class(cell), input_size, budget, variant, num_layers),
+            f"budget {budget:,}")
+
+
 def resolve(config: ModelConfig, task) -> ModelConfig:
     """The model config of a run on ``task`` (data.Task): its input and output sizes, its head,
-    and its hidden size: ``hidden_size`` if given, else Table 1's for the paper's units (unless
-    ``params`` is given), else the size closest to ``params`` or to Table 1's budget."""
-    group = size_group(task.kind)
-    cls = unit_class(config.cell)
-    if config.hidden_size is not None:
-        hidden = config.hidden_size
-    elif config.params is None and config.cell in TABLE1_UNITS[group]:
-        hidden = TABLE1_UNITS[group][config.cell]
-    else:
-        hidden = hidden_for_params(cls, task.input_size, config.params or BUDGET[group],
-                                   config.variant, config.num_layers)
+    and its hidden size (``hidden_size`` if given, else ``default_hidden``). The config keeps
+    ``params``, the budget the size was picked for."""
+    hidden = config.hidden_size or default_hidden(config.cell, size_group(task.kind),
+                                                  task.input_size, config.params,
+                                                  config.variant, config.num_layers)[0]
     head = config.head or task.head
     if (head == "categorical") != (task.head == "categorical"):   # tokens (B, T) vs vectors (B, T, D)
         raise UserError(f"head {head} does not fit {task.kind} data: " + (
@@ -140,11 +145,7 @@ def unit_rows(input_sizes=(("music", 88), ("speech", 20)), params=None):
     rows = []
     for name, cls in UNITS.items():
         for group, width in input_sizes:
-            if params is None and name in TABLE1_UNITS[group]:
-                hidden, how = TABLE1_UNITS[group][name], "Table 1"
-            else:
-                budget = params or BUDGET[group]
-                hidden, how = hidden_for_params(cls, width, budget), f"budget {budget:,}"
+            hidden, how = default_hidden(name, group, width, params)
             rows.append({"task": group, "cell": name, "units": hidden, "inputs": width,
                          "recurrent": count_parameters(cls, width, hidden), "sized_by": how,
                          "doc": (cls.__doc__ or "").strip().splitlines()[0]})

@@ -44,7 +44,7 @@ def _fmt(x):
     return "-" if x is None else f"{x:.2f}"
 
 
-def _pm(row, key):
+def plus_minus(row, key):
     """mean ± std of ``key`` in an aggregated row, or - where the runs lack it."""
     if row.get(f"{key}_mean") is None:
         return "-"
@@ -214,7 +214,7 @@ def table2_markdown(rows, settings=None, title=None):
                   f"{', '.join(map(str, r0['seed_list']))}); mean ± sample std over those seeds. "
                   f"Batch {r0['batch_size']}, at most {r0['max_epochs']} epochs, early stopping "
                   f"patience {r0['patience']}, weight noise {r0['weight_noise']}, objective "
-                  f"{r0['objective']}, 88 inputs. `test` averages the NLL over all time steps "
+                  f"{r0['objective']}. `test` averages the NLL over all time steps "
                   "of the split (each step counts once); `test per sequence` first averages "
                   "within each sequence, then over sequences (long sequences count less). "
                   "`epochs` and `seconds` are per run, averaged over seeds.", ""]
@@ -228,7 +228,7 @@ def table2_markdown(rows, settings=None, title=None):
         recurrent = f" ({r['recurrent_params']:,})" if r.get("recurrent_params") else ""
         body.append([r["dataset"], r["cell"], r["variant"], r.get("hidden_size") or "-",
                      f"{r['params']:,}{recurrent}", f"{r['lr']:.2e}", seeds,
-                     *(_pm(r, k) for k in ("train_nll", "valid_nll", "test_nll",
+                     *(plus_minus(r, k) for k in ("train_nll", "valid_nll", "test_nll",
                                            "test_nll_per_sequence")),
                      *([_fmt(r["paper_train_nll"]), _fmt(r["paper_test_nll"])] * paper),
                      f"{r['epochs']:.0f}", f"{r['seconds']:.0f}"])
@@ -241,7 +241,7 @@ def table2_markdown(rows, settings=None, title=None):
         header.append(label)
         for row, r in zip(body, done):
             value = r.get(key)
-            row.append(f"{value:.3f}" if isinstance(value, float) else _pm(r, key))
+            row.append(f"{value:.3f}" if isinstance(value, float) else plus_minus(r, key))
     lines.append(markdown_table(header, body))
     if any(r["diverged_seeds"] for r in done):
         lines += ["", "A diverged seed (its loss or gradient went non-finite) counts with the "

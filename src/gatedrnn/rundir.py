@@ -54,6 +54,10 @@ def write_text(path, text):
     atomic_write(path, write)
 
 
+def write_bytes(path, data):
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
 def write_json(path, obj):
     _check_finite(obj, path)
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")

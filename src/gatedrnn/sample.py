@@ -35,7 +35,6 @@ import io
 import math
 import time
 import wave
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -44,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import rundir
+from . import kernels, rundir
 from .data import MUSIC, SPEECH
 from .data.speech import FRAME, PREDICT
 from .errors import UserError
@@ -68,19 +67,6 @@ def kind_of(dataset):
 
 
 # -- one step of the recurrence ----------------------------------------------------------------
-
-@contextmanager
-def one_thread():
-    """torch on one thread while the step-by-step loops run (restored after): their (B, H)
-    products are too small to share between threads, and sharing them costs far more than it
-    saves (a 2-core machine under load drew speech 20 times slower on 2 threads than on 1)."""
-    was = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(was)
-
 
 # -- drawing --------------------------------------------------------------------------------------
 
@@ -200,7 +186,7 @@ def sample_run(run_dir, out, num=4, steps=None, prime=0, temperature=1.0, seed=0
 
     originals = _prime_sequences(config, data_info, data_dir, prime, num) if prime else None
     generator = torch.Generator().manual_seed(seed)
-    with one_thread():
+    with kernels.threads(1):   # one step's products are too small to share between threads
         drawn, seconds = _draw(model, kind, data_info, originals, num, steps, prime, generator,
                                temperature)
 
@@ -384,14 +370,14 @@ def write_wav(path, normalised, norm, rate):
         w.setsampwidth(2)
         w.setframerate(int(rate))
         w.writeframes(pcm.tobytes())
-    rundir.atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+    rundir.write_bytes(path, buffer.getvalue())
     return path
 
 
 def write_npy(path, array):
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
-    rundir.atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+    rundir.write_bytes(path, buffer.getvalue())
     return path
 
 

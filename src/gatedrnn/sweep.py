@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError, describe
+from .cells import PAPER_UNITS
 from .rundir import run_path
 
 from .train import COMPARE_DEFAULTS
@@ -70,7 +71,7 @@ HOLD = "GATEDRNN_SWEEP_HOLD"   # test hook, read by workers only: see _hold
 class SweepConfig:
     name: str = "table2"                       # manifest study; group studies are NAME/...
     datasets: list = field(default_factory=lambda: ["jsb", "nottingham", "musedata", "pianomidi"])
-    cells: list = field(default_factory=lambda: ["tanh", "gru", "lstm"])
+    cells: list = field(default_factory=lambda: list(PAPER_UNITS))
     variants: list = field(default_factory=lambda: ["paper"])
     trials: int = 10                           # learning rates per group
     seeds: int = 3                             # runs of the best learning rate
@@ -129,7 +130,6 @@ def options_of(config):
 def trial_config(options, dataset, cell, variant, lr, seed):
     """The TrainConfig of one trial: the sweep's options with its dataset, unit, variant, lr
     and seed."""
-    import copy
     from .config import TrainConfig, from_dict
     d = copy.deepcopy(options)
     d.setdefault("model", {})

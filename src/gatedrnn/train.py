@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import rundir
-from .cells import count_parameters, unit_class
+from . import kernels, rundir
+from .cells import PAPER_UNITS, count_parameters, unit_class
 from .config import ModelConfig, TrainConfig, flatten, from_dict
 from .data import Data, load_data
 from .data.batching import length_sorted_batches
@@ -199,14 +199,13 @@ def deterministic(enabled):
     if not enabled:
         yield
         return
-    was = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    was = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
     try:
-        yield
+        with kernels.threads(1):
+            yield
     finally:
-        torch.use_deterministic_algorithms(was[0])
-        torch.set_num_threads(was[1])
+        torch.use_deterministic_algorithms(was)
 
 
 def train(config: TrainConfig, run_dir, examples=None, log=print, progress=None, resume=False):
@@ -248,13 +247,14 @@ def _check_resume(config, run_dir):
     ``run_dir`` holds a run with the same settings."""
     if not (run_dir / rundir.CONFIG).is_file():
         raise UserError(f"{run_dir}: nothing to resume (no {rundir.CONFIG}); run without --resume")
-    saved = rundir.read_json(run_dir / rundir.CONFIG)
-    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-        raise UserError(f"{run_dir / rundir.CONFIG}: not a gatedrnn run config")
-    _same_settings(config, saved["config"], run_dir / rundir.CONFIG)
+    saved = read_run(run_dir)[0]
+    _same_settings(config, saved.to_dict(), run_dir / rundir.CONFIG)
     if not (run_dir / rundir.CHECKPOINT).is_file():
         return None
     parts, state = rundir.load_checkpoint(run_dir / rundir.CHECKPOINT)
+    if "config" not in state and isinstance(state.get("train"), dict):    # written by 0.1
+        old = from_0_1({"train": state["train"], "model": saved.to_dict()["model"]})["config"]
+        state["config"] = from_dict(TrainConfig, old, str(run_dir / rundir.CHECKPOINT)).to_dict()
     _same_settings(config, state.get("config", {}), run_dir / rundir.CHECKPOINT)
     return parts, state
 
@@ -471,9 +471,29 @@ def read_run(run_dir):
         raise UserError(f"{run_dir}: run directory not found")
     source = run_dir / rundir.CONFIG
     record = rundir.read_json(source)
+    if isinstance(record, dict) and "config" not in record and isinstance(record.get("train"), dict):
+        record = from_0_1(record)
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise UserError(f"{source}: not a gatedrnn run config (no \"config\" object)")
     return from_dict(TrainConfig, record["config"], str(source)), record
+
+
+MODEL_KEYS_0_1 = ("cell", "variant", "backend", "hidden_size", "weight_noise", "components")
+
+
+def from_0_1(record):
+    """A config.json record as gatedrnn 0.1 wrote it ({"train": the settings flat, "model": the
+    resolved model, "normalization", ...}) in today's layout, the same settings: the model's
+    fields go inside, the fields added since take the values that 0.1 had fixed."""
+    train, model = dict(record["train"]), dict(record.get("model") or {})
+    for key in MODEL_KEYS_0_1:
+        value = train.pop(key, None)
+        model.setdefault(key, value)
+    model.setdefault("weight_noise", 0.0)
+    normalization = record.get("normalization")
+    return {**{k: v for k, v in record.items() if k not in ("train", "model", "normalization")},
+            "config": {**train, "model": model},
+            "data": {"normalization": normalization} if normalization else {}}
 
 
 def load_run(run_dir):
@@ -509,9 +529,6 @@ def evaluate_run(run_dir, data_dir=None):
 
 # `gatedrnn compare` defaults: a real comparison that finishes in minutes on 2 CPU cores.
 COMPARE_DEFAULTS = {"batch_size": 16, "lr": 3e-3, "epochs": 150, "patience": 20}
-PAPER_UNITS = ("tanh", "gru", "lstm")
-
-
 def compare(base: TrainConfig, out, cells=PAPER_UNITS, datasets=None, seeds=1, log=print,
             progress=None, resume=False):
     """Train each unit on each dataset with the same settings (each unit at its Table 1 size,
@@ -520,13 +537,15 @@ def compare(base: TrainConfig, out, cells=PAPER_UNITS, datasets=None, seeds=1, l
     CELL/VARIANT/seeds/trial-K for the K-th seed), so `gatedrnn report OUT` reads them. Returns
     {dataset: {cell: [metrics per seed]}}; with ``resume``, runs already in their directory
     continue, the others start."""
+    datasets = datasets or [base.dataset]
+    configs = {(d, c): replace(base, dataset=d, model=replace(base.model, cell=c))   # checked now
+               for d in datasets for c in cells}
     results = {}
-    for dataset in datasets or [base.dataset]:
-        config = replace(base, dataset=dataset)
-        data = load_config_data(config)
+    for dataset in datasets:
+        data = load_config_data(configs[dataset, cells[0]])
         results[dataset] = {}
         for cell in cells:
-            unit = replace(config, model=replace(config.model, cell=cell))
+            unit = configs[dataset, cell]
             log(f"== {dataset} / {cell} ({resolve(unit.model, data.task).hidden_size} units) ==")
             results[dataset][cell] = []
             for k in range(seeds):

@@ -167,10 +167,5 @@ def _text(path, info):
                 {"vocab": vocab, "digest": digest})
 
 
-def load_examples(name, data_dir=None):
-    """{split: [(inputs, targets)]} for dataset ``name``."""
-    return load_data(name, data_dir).examples
-
-
 __all__ = ["KEYS", "LOWEST_NOTE", "MUSIC", "SPEECH", "Data", "Task", "dataset_names", "load_data",
-           "load_examples", "load_music", "task_of"]
+           "load_music", "task_of"]

@@ -25,14 +25,13 @@ splits chosen by a seeded hash of each file's relative path.
 """
 import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import mido
 import numpy as np
 
 from ..errors import UserError, describe
+from ..rundir import write_bytes
 from .music import KEYS, LOWEST_NOTE, SPLITS
 
 DEFAULT_STEPS_PER_QUARTER = 2   # eighth notes: Boulanger-Lewandowski et al. (2012)
@@ -132,20 +131,6 @@ def _check_roll(roll) -> np.ndarray:
     return a.astype(np.uint8)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_midi(roll, path, steps_per_quarter=DEFAULT_STEPS_PER_QUARTER, tempo_bpm=120, velocity=80):
     """Write a (T, 88) 0/1 piano roll as a type 0 MIDI file at ``path`` (atomically); returns
     ``path``. Each run of 1s in a column is one note; the end_of_track sits at step T."""
@@ -182,7 +167,7 @@ def write_midi(roll, path, steps_per_quarter=DEFAULT_STEPS_PER_QUARTER, tempo_bp
     midi.save(file=buffer)
     path = Path(path)
     try:
-        _atomic_write_bytes(path, buffer.getvalue())
+        write_bytes(path, buffer.getvalue())
     except OSError as e:
         raise UserError(f"{path}: cannot write ({describe(e)})") from None
     return path

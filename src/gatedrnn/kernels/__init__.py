@@ -7,6 +7,8 @@ One idea per module:
   compiled loops over time (forward, backward);
 - ``binary.py``: piano-roll inputs projected by adding W's columns, step by step in the loops;
 - ``workspace.py``: the loops' large arrays, lent again instead of page-faulted in anew;
+- ``parallel.py``: the recurrence of minGRU / minLSTM (a compiled pass; the log-space scan);
+- ``bernoulli.py``: the Bernoulli output layer's NLL in one pass (heads.py wraps it);
 - ``jit.py``: what the loops share (BLAS products, vectorizable exp / sigmoid / tanh, compiling
   and its on-disk cache).
 
@@ -18,6 +20,7 @@ recomputes the gradients with the reference loop (also with one warning). The re
 the oracle: tests/test_kernels.py checks every output and gradient against it.
 """
 import warnings
+from contextlib import contextmanager
 
 import torch
 
@@ -35,7 +38,7 @@ BACKENDS = ("fast", "reference")
 DTYPES = (torch.float32, torch.float64)
 
 __all__ = ["BACKENDS", "CIFG", "DTYPES", "BinaryInput", "GRUPaper", "GRUTorch", "LSTM", "MGU",
-           "MUT1", "Rows", "Tanh", "dense_project", "info", "load", "project", "scan",
+           "MUT1", "Rows", "Tanh", "dense_project", "info", "load", "project", "scan", "threads",
            "unsupported", "warn_once"]
 
 _warned = set()
@@ -66,15 +69,27 @@ def info():
             "threads": torch.get_num_threads()}
 
 
-def unsupported(*tensors):
-    """Why the fast path cannot run on these tensors, or None when it can."""
+@contextmanager
+def threads(n):
+    """torch's thread count, which the kernels follow (scan.Rows), set to ``n`` for a while."""
+    was = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(was)
+
+
+def unsupported(*tensors, instead="the reference loop"):
+    """Why the kernels cannot run on these tensors (saying that ``instead`` runs them), or None
+    when they can."""
     for t in tensors:
         if t.device.type != "cpu":
-            return f"{t.device.type} tensors are run by the reference loop (the kernels are CPU only)"
+            return f"{t.device.type} tensors are run by {instead} (the kernels are CPU only)"
         if t.dtype not in DTYPES:
-            return f"dtype {t.dtype} is run by the reference loop (kernels: float32, float64)"
+            return f"dtype {t.dtype} is run by {instead} (kernels: float32, float64)"
         if t.dtype != tensors[0].dtype:
-            return f"mixed dtypes {tensors[0].dtype} and {t.dtype} are run by the reference loop"
+            return f"mixed dtypes {tensors[0].dtype} and {t.dtype} are run by {instead}"
     load()
     return None
 

@@ -11,6 +11,7 @@ Anything else takes one dense matmul (``dense_project``).
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from .jit import kernel
 from .workspace import workspace
@@ -70,11 +71,6 @@ def _input_grad_step(dinp, t, lo, hi, dA_t):
     for b in range(lo, hi):
         _project_row_grad(ptr, cols, t * B + b, dA_t[b], dWT, db)
 
-
-
-
-# A piano roll has 3-7 of its 88 notes on per step, so gathering the columns of the notes that are
-# on does ~5% of a dense product's arithmetic, forward (xw) and backward (dW) alike.
 
 @kernel
 def binary_csr(x, time_major, mask, ptr, cols):
@@ -200,6 +196,7 @@ class _Project(torch.autograd.Function):
         return torch.from_numpy(out)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dout):
         ptr, cols = ctx.csr
         d = dout.detach().contiguous().numpy()

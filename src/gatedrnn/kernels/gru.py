@@ -210,5 +210,5 @@ class GRUTorch:
         dh0, dUT, dinp = rows.combine(rows.run(run), rowwise=1)
         H = U.shape[1]
         db_hh = np.concatenate([bias_grad(binary, dA, dinp)[:2 * H], dHN.sum((0, 1))])
-        dhh = None if binary else np.concatenate([dA[..., :2 * H], dHN], axis=2)   # d(U h + b_hh)
+        dhh = None if binary is not None else np.concatenate([dA[..., :2 * H], dHN], axis=2)   # d(U h + b_hh)
         return (*input_grads(binary, dA, dinp), dU_of(binary, dUT, dhh, S[:-1]), db_hh, dh0)

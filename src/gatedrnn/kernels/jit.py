@@ -95,7 +95,7 @@ JIT = dict(cache=True, fastmath={"contract"}, nogil=True, error_model="numpy")
 # helper here can never leave a stale kernel elsewhere).
 
 KERNEL_SOURCES = ("jit.py", "binary.py", "tanh.py", "gru.py", "lstm.py", "mgu.py", "cifg.py",
-                  "mut1.py", "parallel.py", "../heads.py")
+                  "mut1.py", "parallel.py", "bernoulli.py")
 
 
 def cache_dir():
@@ -116,7 +116,7 @@ def cache_dir():
 
 
 _CACHE_DIR = None
-FIRST_USE_SECONDS = "about 10 s"     # one unit, one dtype, forward and backward (measured here)
+FIRST_USE_SECONDS = "a few seconds"  # one unit and dtype's forward, or backward: 2-6 s here
 _noticed = set()
 
 
@@ -130,7 +130,7 @@ def first_use(what):
         return
     _noticed.add(what)
     timer = threading.Timer(3.0, lambda: print(
-        f"gatedrnn: compiling the {what} kernels for this machine ({FIRST_USE_SECONDS}, once; "
+        f"gatedrnn: compiling the {what} kernel for this machine ({FIRST_USE_SECONDS}, once; "
         f"cached in {_CACHE_DIR or cache_dir()})", file=sys.stderr, flush=True))
     timer.daemon = True
     timer.start()
@@ -303,13 +303,13 @@ def _by_dtype(f32, f64):
     def stub(x):
         raise NotImplementedError("compiled code only")
 
-    @overload(stub, jit_options=JIT)
+    @overload(stub, jit_options={**JIT, "cache": False})   # cached inside their callers
     def _impl(x):
         return f32 if x == types.float32 else f64
     return stub
 
 
-# v for vectorizable: what the kernels (and heads.py's Bernoulli NLL) call
+# v for vectorizable: what the kernels call
 vexp = _by_dtype(_exp32, _exp64)
 vsigmoid = _by_dtype(_sigmoid32, _sigmoid64)
 vtanh = _by_dtype(_tanh32, _tanh64)

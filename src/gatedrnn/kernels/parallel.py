@@ -76,14 +76,32 @@ class _LinearScan(torch.autograd.Function):
         S[0] = h0.detach().numpy()
         _linear_forward(a_, b_, mask, S)
         ctx.saved = a_, S, mask
+        ctx.save_for_backward(a, b, h0)
         return torch.from_numpy(S[1:])
 
     @staticmethod
     def backward(ctx, dh):
+        if torch.is_grad_enabled():      # create_graph=True: a differentiable backward
+            from . import warn_once
+            warn_once("double backward: the recurrence's gradients are recomputed with a torch loop")
+            a, b, h0 = ctx.saved_tensors
+            with torch.enable_grad():
+                h = _loop(a, b, h0, torch.from_numpy(ctx.saved[2]).bool())
+                return (*torch.autograd.grad(h, (a, b, h0), dh, create_graph=True), None)
         a, S, mask = ctx.saved
         da, db = np.empty_like(a), np.empty_like(a)
         dh0 = _linear_backward(a, S, mask, dh.detach().contiguous().numpy(), da, db)
         return torch.from_numpy(da), torch.from_numpy(db), torch.from_numpy(dh0), None
+
+
+def _loop(a, b, h0, mask):
+    """``linear_scan``'s states as a plain torch loop (differentiable to any order)."""
+    states, h = [], h0
+    for t in range(a.shape[0]):
+        m = mask[t].unsqueeze(-1)
+        h = torch.where(m, a[t] * h + b[t], h)
+        states.append(h)
+    return torch.stack(states)
 
 
 @kernel

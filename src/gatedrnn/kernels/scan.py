@@ -12,7 +12,8 @@ projected step by step by the kernels, which return the gradients of its (noisy)
 Threads. The rows of a batch are independent through the recurrence, so they are split into
 ``torch.get_num_threads()`` contiguous ranges (at least MIN_ROWS rows each) that run through all
 time steps at once, each in its own thread (the kernels release the GIL); the gradients of the
-weights are summed at the end. A batch of one runs in the calling thread, as before.
+weights are summed at the end. A batch of fewer than 2 * MIN_ROWS rows runs in the calling
+thread.
 """
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -74,16 +75,19 @@ def _total(values):
     return total
 
 
-_pools = {}
-_pools_lock = threading.Lock()
+_pool_lock = threading.Lock()
+_pool_threads = None        # (the pool, its size): one, grown to the most threads asked for
 
 
 def _pool(n):
-    """A pool of n worker threads, kept for the process."""
-    with _pools_lock:
-        if n not in _pools:
-            _pools[n] = ThreadPoolExecutor(n, thread_name_prefix="gatedrnn-kernels")
-        return _pools[n]
+    """A pool of at least n worker threads, kept for the process."""
+    global _pool_threads
+    with _pool_lock:
+        if _pool_threads is None or _pool_threads[1] < n:
+            if _pool_threads is not None:
+                _pool_threads[0].shutdown(wait=False)
+            _pool_threads = ThreadPoolExecutor(n, thread_name_prefix="gatedrnn-kernels"), n
+        return _pool_threads[0]
 
 
 # -- the autograd function ------------------------------------------------------------------------
@@ -132,7 +136,7 @@ class _Scan(torch.autograd.Function):
         state = [_numpy(s) for s in tensors[n + k:]]
         dtype = w["weight_hh"].dtype
         inp = inp_tuple(call.binary, [_numpy(t) for t in tensors[:n]], dtype)
-        with first_use(f"{call.kernel.__name__} {dtype}"):
+        with first_use(f"{call.kernel.__name__} {dtype} forward"):
             outputs, call.saved = call.kernel.forward(inp, w, state, call.mask, call.time_major,
                                                       call.rows)
         call.shapes = [o.shape for o in outputs]
@@ -150,8 +154,9 @@ class _Scan(torch.autograd.Function):
         dtype = call.saved[0].dtype
         grads = [np.zeros(shape, dtype) if g is None else _numpy(g)
                  for g, shape in zip(grads, call.shapes)]
-        result = call.kernel.backward(call.saved, grads, call.mask, call.time_major, call.binary,
-                                      call.rows)
+        with first_use(f"{call.kernel.__name__} {dtype} backward"):
+            result = call.kernel.backward(call.saved, grads, call.mask, call.time_major,
+                                          call.binary, call.rows)
         return (None, *(torch.from_numpy(r) if need else None
                         for r, need in zip(result, ctx.needs_input_grad[1:])))
 
