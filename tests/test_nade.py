@@ -206,3 +206,18 @@ def test_sequence_model_trains_through_the_nade_head():
     nll.sum().backward()
     for name, p in model.head.named_parameters():
         assert p.grad is not None and p.grad.abs().max() > 0, name
+
+
+def test_nll_in_chunks_of_steps_equals_all_at_once(monkeypatch):
+    """logits() takes a bounded number of steps at a time: the same values and gradients."""
+    torch.manual_seed(3)
+    head = NADEHead(5, 12, 7).double()
+    h = torch.randn(3, 10, 5, dtype=torch.float64, requires_grad=True)
+    v = (torch.rand(3, 10, 12) < 0.3).double()
+    results = []
+    for entries in (1 << 26, 12 * 7 * 4):                # everything at once; 4 steps at a time
+        monkeypatch.setattr(NADEHead, "CHUNK_ENTRIES", entries)
+        nll = head.nll(head(h), v)
+        results.append([nll, *torch.autograd.grad(nll.sum(), [h, *head.parameters()])])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -214,13 +214,25 @@ class NADEHead(nn.Module):
     def forward(self, h):
         return self.visible_bias(h), self.hidden_bias(h)         # b_v (..., D), b_h (..., N)
 
+    CHUNK_ENTRIES = 1 << 26      # (D, N) entries of a_d held at once: 256 MB in float32
+
     def logits(self, params, target):
-        """l_d = b_v,d + V_d . sigmoid(a_d) for every note of every step, given v = target."""
+        """l_d = b_v,d + V_d . sigmoid(a_d) for every note of every step, given v = target;
+        computed for a bounded number of steps at a time (each step's a_d is (D, N): a
+        pianomidi batch would otherwise hold gigabytes at once when evaluated)."""
         b_v, b_h = params
-        steps = target.unsqueeze(-1) * self.W.t()                # (B, T, D, N): v_d W_{:, d}
-        before = F.pad(steps.cumsum(-2)[..., :-1, :], (0, 0, 1, 0))   # (B, T, D, N): W_{:, <d} v_<d
-        hidden = torch.sigmoid(b_h.unsqueeze(-2) + before)       # (B, T, D, N): sigmoid(a_d)
-        return b_v + torch.einsum("...dn,dn->...d", hidden, self.V)   # (B, T, D)
+        shape, D = target.shape, target.shape[-1]
+        rows = max(1, self.CHUNK_ENTRIES // (D * self.nade_hidden))
+        b_v, b_h, v = b_v.reshape(-1, D), b_h.reshape(-1, self.nade_hidden), target.reshape(-1, D)
+        return torch.cat([self._logits(b_v[i:i + rows], b_h[i:i + rows], v[i:i + rows])
+                          for i in range(0, len(v), rows)]).view(shape)
+
+    def _logits(self, b_v, b_h, v):
+        """``logits`` of R steps: b_v (R, D), b_h (R, N), v (R, D)."""
+        steps = v.unsqueeze(-1) * self.W.t()                     # (R, D, N): v_d W_{:, d}
+        before = F.pad(steps.cumsum(-2)[..., :-1, :], (0, 0, 1, 0))   # (R, D, N): W_{:, <d} v_<d
+        hidden = torch.sigmoid(b_h.unsqueeze(-2) + before)       # (R, D, N): sigmoid(a_d)
+        return b_v + torch.einsum("rdn,dn->rd", hidden, self.V)  # (R, D)
 
     def nll(self, params, target):
         logits = self.logits(params, target)
