@@ -254,10 +254,13 @@ def cmd_worker(args):
     def terminate(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, terminate)   # tell the study the trial failed, then exit
-    storage = open_storage(args.storage, args.heartbeat_interval, args.grace_period)
-    ran = work(storage, args.study, Path(args.out), args.data_dir,
-               log=lambda line: print(line, flush=True), poll=args.poll)
+    before = signal.signal(signal.SIGTERM, terminate)   # tell the study the trial failed, then exit
+    try:
+        storage = open_storage(args.storage, args.heartbeat_interval, args.grace_period)
+        ran = work(storage, args.study, Path(args.out), args.data_dir,
+                   log=lambda line: print(line, flush=True), poll=args.poll)
+    finally:
+        signal.signal(signal.SIGTERM, before)
     print(f"worker done: {ran} trials run here", flush=True)
 
 
