@@ -44,6 +44,7 @@ def bind_blas():
     """Bind the names gatedrnn_sgemm / gatedrnn_dgemm of the compiled kernels to torch's BLAS,
     else scipy's OpenBLAS (limited to one thread: see below); returns which."""
     import torch
+    global _mkl_local
     for path in glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.*")):
         try:
             lib = ctypes.CDLL(path)
@@ -51,6 +52,7 @@ def bind_blas():
         except (OSError, AttributeError):
             continue
         name = "torch's BLAS" + (" (MKL)" if torch.backends.mkl.is_available() else "")
+        _mkl_local = getattr(lib, "MKL_Set_Num_Threads_Local", None)   # the C interface
         break
     else:
         addresses = [get_cython_function_address("scipy.linalg.cython_blas", f"{t}gemm") for t in "sd"]
@@ -59,6 +61,26 @@ def bind_blas():
     for t, address in zip("sd", addresses):
         binding.add_symbol(f"gatedrnn_{t}gemm", address)
     return name
+
+
+_mkl_local = None      # MKL's mkl_set_num_threads_local, where torch's BLAS is MKL
+
+
+@contextmanager
+def one_blas_thread():
+    """Around a kernel's call: its BLAS products in this thread on one thread. MKL follows
+    torch's thread count, and a product of a step (32 x 36 @ 36 x 144, or a single row at batch
+    1) shared between threads waits more than it computes (speech at batch 1 ran 2-7 times slower
+    on 2 threads); the kernels share a batch's rows between threads instead (scan.Rows). The
+    setting is MKL's per-thread one, restored after, so torch's own products keep theirs."""
+    if _mkl_local is None:
+        yield
+        return
+    before = _mkl_local(1)
+    try:
+        yield
+    finally:
+        _mkl_local(before)
 
 
 def _one_openblas_thread():

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .binary import BinaryInput, dense_project, uint8_mask
-from .jit import first_use
+from .jit import first_use, one_blas_thread
 from .workspace import workspace
 
 MIN_ROWS = 4        # rows per thread at least: fewer cost more in synchronisation than they save
@@ -39,11 +39,15 @@ class Rows:
         self.ranges = list(zip(bounds[:-1], bounds[1:]))
 
     def run(self, fn):
-        """[fn(b0, b1) for each range]: the first range in this thread, the others in the pool."""
+        """[fn(b0, b1) for each range]: the first range in this thread, the others in the pool;
+        each with its BLAS products on one thread (jit.one_blas_thread)."""
+        def one(b0, b1):
+            with one_blas_thread():
+                return fn(b0, b1)
         if len(self.ranges) == 1:
-            return [fn(*self.ranges[0])]
-        futures = [_pool(len(self.ranges) - 1).submit(fn, *r) for r in self.ranges[1:]]
-        first = fn(*self.ranges[0])
+            return [one(*self.ranges[0])]
+        futures = [_pool(len(self.ranges) - 1).submit(one, *r) for r in self.ranges[1:]]
+        first = one(*self.ranges[0])
         return [first, *(f.result() for f in futures)]
 
     def combine(self, parts, rowwise):
