@@ -266,3 +266,25 @@ def test_hostile_pickle_would_run_under_plain_pickle(tmp_path):
     pickle.loads(hostile_pickles(marker)[0][1])
     assert marker.exists()
     os.remove(marker)
+
+
+# -- report: run directories whose metrics are not numbers -------------------------------------
+
+@pytest.mark.parametrize("bad", ["8.1", float("nan"), None, float("inf")], ids=["string", "NaN", "null", "inf"])
+def test_report_leaves_out_a_run_whose_nll_is_not_a_number_with_one_warning(bad, saved_run,
+                                                                           tmp_path, capsys):
+    root = tmp_path / "study"
+    good = root / "runs" / "jsb" / "gru" / "paper" / "seeds" / "trial-0000"
+    broken = good.parent / "trial-0001"
+    for run in (good, broken):
+        shutil.copytree(saved_run, run)
+    metrics = json.loads((broken / "metrics.json").read_text())
+    metrics["test_nll"] = bad
+    (broken / "metrics.json").write_text(json.dumps(metrics))       # NaN / Infinity as JSON allows
+    assert main(["report", str(root)]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and str(broken / "metrics.json") in warnings[0]
+    assert "test_nll" in warnings[0] and "expected a finite number" in warnings[0]
+    table = (root / "table2.md").read_text()
+    assert "| jsb | gru | paper |" in table and "| nan" not in table.lower()

@@ -1,6 +1,6 @@
 """Tests for gatedrnn.cells, each against something trusted:
 
-- the paper variant against a float64 numpy loop written here from PAPER.md section 1;
+- the paper variant against a float64 numpy loop written here from the paper's equations;
 - the torch variant against torch.nn (values, gradients, packed sequences);
 - gradients against torch.autograd.gradcheck;
 - padded batches against each sequence run alone;
@@ -72,14 +72,14 @@ def weighted_loss(output, state, seed=7):
     return loss
 
 
-# -- 1. paper variant vs an independent numpy loop (PAPER.md section 1) -------------------------
+# -- 1. paper variant vs an independent numpy loop (the paper's equations) -----------------------
 
 def sigmoid(a):
     return 1.0 / (1.0 + np.exp(-a))
 
 
 def paper_reference(name, params, x, state):
-    """PAPER.md's equations in float64 numpy, one line per gate.
+    """The paper's equations in float64 numpy, one line per gate.
 
     params: numpy arrays with the documented layout (blocks stacked along dim 0; GRU (r, z, n),
     LSTM (i, f, g, o); peephole rows (V_i, V_f, V_o)). x (T, B, I); state: h0 (B, H) or (h0, c0).

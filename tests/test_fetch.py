@@ -9,7 +9,8 @@ import pytest
 
 from gatedrnn.data import fetch
 from gatedrnn.data.fetch import default_cache_dir, fetch_music, sha256_file
-from gatedrnn.data.music import MUSIC, load_music
+from gatedrnn.data.music import load_music
+from gatedrnn.data.sources import MUSIC
 from gatedrnn.errors import UserError
 
 JSB = MUSIC["jsb"]

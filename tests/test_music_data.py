@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from gatedrnn.data.music import KEYS, LOWEST_NOTE, MUSIC, load_music, read_mat, read_pickle, validate
+from gatedrnn.data.music import KEYS, LOWEST_NOTE, load_music, read_mat, read_pickle, validate
+from gatedrnn.data.sources import MUSIC
 from gatedrnn.errors import UserError
 
 # shared/data/README.md, "Verification": per split (train, valid, test).

@@ -10,7 +10,7 @@ kernels (kernels/) or a parallel scan over time (kernels/parallel.py). ``registe
 in ``UNITS``, the registry that feeds the command line, the tests, the benchmark and ``gatedrnn
 params``; ``unit_class`` also accepts ``module:Class`` for a user's own class.
 
-The paper's units (Chung et al. 2014, PAPER.md section 1), each with two variants:
+The paper's units (Chung et al. 2014, their section 3), each with two variants:
 
 - ``variant="paper"`` (default), exactly the paper's equations, one bias per gate block:
     tanh:  h_t = tanh(W x_t + U h_{t-1} + b)
@@ -29,7 +29,7 @@ The paper's units (Chung et al. 2014, PAPER.md section 1), each with two variant
   reset gate applied *after* the recurrent product and two bias vectors, nn.LSTM without
   peepholes. ``from_torch`` / ``to_torch`` convert exactly, every layer and direction.
 
-Units after the paper (PAPER.md section 7): MUT1, MGU, minGRU, minLSTM, CIFG; see their classes.
+Units after the paper: MUT1, MGU, minGRU, minLSTM, CIFG; see their classes.
 
 Weights are stored like torch.nn, per layer k and direction: ``weight_ih_l{k}`` (G*H, I),
 ``weight_hh_l{k}`` (G*H, H), ``bias_l{k}`` (paper; torch: ``bias_ih_l{k}``, ``bias_hh_l{k}``),
@@ -494,7 +494,7 @@ class LSTM(RecurrentUnit):
         return o * torch.tanh(c), c
 
 
-# -- units after the paper (PAPER.md section 7) -----------------------------------------------------
+# -- units after the paper --------------------------------------------------------------------------
 
 @register("mut1")
 class MUT1(RecurrentUnit):

@@ -186,7 +186,7 @@ class NADEHead(nn.Module):
     """
 
     # 150: the NADE hidden units of Boulanger-Lewandowski et al. (2012) for RNN-NADE on these
-    # four music sets, so that the head is the one whose NLLs PAPER.md section 5 quotes.
+    # four music sets, so that the head is the one whose NLLs they report.
     DEFAULT_NADE_HIDDEN = 150
 
     def __init__(self, hidden_size, output_size, nade_hidden=DEFAULT_NADE_HIDDEN):

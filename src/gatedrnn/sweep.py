@@ -1,6 +1,7 @@
 """The paper's Table 2 protocol as an Optuna sweep that runs on one machine or many.
 
-Protocol (PAPER.md section 4), per dataset, unit and variant (a *group*):
+Protocol (the paper's section 4, with its code's settings), per dataset, unit and variant (a
+*group*):
 
 1. lr phase: ``trials`` learning rates drawn log-uniformly over ``lr_range`` from a seeded RNG
    (the same draws for every group), each trained once (seed ``seed``) with early stopping on

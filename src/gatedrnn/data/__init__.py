@@ -24,7 +24,8 @@ import numpy as np
 
 from ..errors import UserError
 from .batching import music_examples, shifted_examples, token_examples
-from .music import KEYS, LOWEST_NOTE, MUSIC, load_music
+from .music import KEYS, LOWEST_NOTE, load_music
+from .sources import MUSIC
 from .speech import (FRAME, PREDICT, Normalization, fit_normalization, iid_gaussian_nll,
                      load_speech, speech_examples)
 

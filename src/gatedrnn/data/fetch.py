@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import UserError
-from .music import music_spec
+from .sources import music_spec
 
 # Two public copies of the same Gan et al. (2015) .mat files, pinned to commits.
 SOURCES = (

@@ -19,45 +19,18 @@ import io
 import os
 import pickle
 import reprlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError, describe
 from . import matfile
+from .fetch import fetch_music
+from .sources import music_spec
 
 LOWEST_NOTE = 21  # MIDI A0: column 0 of a piano roll
 KEYS = 88         # MIDI 21..108
 SPLITS = ("train", "valid", "test")
-
-
-@dataclass(frozen=True)
-class MusicSpec:
-    name: str
-    title: str
-    mat_file: str                  # the MATLAB conversion (what fetch.py downloads)
-    pickle_file: str               # the original ICML 2012 distribution
-    sizes: tuple[int, int, int]    # published sequence counts: train, valid, test
-    sha256: str                    # of mat_file, from shared/data/README.md
-
-
-MUSIC = {s.name: s for s in (
-    MusicSpec("jsb", "JSB Chorales", "JSB_Chorales.mat", "JSB Chorales.pickle", (229, 76, 77),
-              "ac0e608527cc411c7e21ef7d38be47f0de7fb6b13b3ae168b8eccf1c2a9b18d4"),
-    MusicSpec("nottingham", "Nottingham", "Nottingham.mat", "Nottingham.pickle", (694, 173, 170),
-              "d154f7ca2e90799dc1dc011d8fc048f2fc6ef3f7c69d974b9cf27a471634fbea"),
-    MusicSpec("musedata", "MuseData", "MuseData.mat", "MuseData.pickle", (524, 135, 124),
-              "e8d9eb422ec3833c25f43a9f854d4ee0b9118a20b45f2c183395cdc30ffa14ff"),
-    MusicSpec("pianomidi", "Piano-midi.de", "Piano_midi.mat", "Piano-midi.de.pickle", (87, 12, 25),
-              "990a8a71d5764a7eaa3e78d9e5023d1470380fe2db3a1448265a97a24c8b1c34"),
-)}
-
-
-def music_spec(name: str) -> MusicSpec:
-    if name not in MUSIC:
-        raise UserError(f"unknown music dataset {name!r}; expected one of {', '.join(MUSIC)}")
-    return MUSIC[name]
 
 
 def _a(x) -> str:
@@ -209,7 +182,6 @@ def load_music(name: str, data_dir=None) -> dict[str, list[np.ndarray]]:
     else:
         folder = None
     if folder is None:
-        from .fetch import fetch_music  # imported here: fetch.py reads this module's registry
         path = fetch_music(name)
     elif (folder / spec.mat_file).is_file():
         path = folder / spec.mat_file

@@ -1,6 +1,6 @@
 """Raw speech: the paper's Ubisoft setting, on the Free Spoken Digit Dataset or any WAV directory.
 
-Framing (PAPER.md section 4: "reads 20 consecutive samples and predicts the next 10"): a
+Framing (the paper, section 4: "reads 20 consecutive samples and predicts the next 10"): a
 normalised waveform x[0..N) gives T = (N - 30) // 20 + 1 steps; at step t (0-based) the input
 is the frame x[20t : 20t + 20] and the target the next 10 samples x[20t + 20 : 20t + 30].
 Frames do not overlap, so the model reads every sample and predicts the first half of each
