@@ -107,7 +107,8 @@ def test_bench_prints_ratios():
     r = run_cli("bench", "--units", "gru", "mingru", "--tasks", "music", "--batches", "2",
                 "--steps", "5", "--repeats", "1", "--skip-epoch")
     assert r.returncode == 0, r.stderr
-    assert re.search(r"ours at torch's (\d+) thread\(s\), torch.nn at 1 and at \1 thread", r.stdout)
+    assert re.search(r"ours at torch's (\d+) thread\(s\) where the batch can use them \(one per "
+                     r"4 rows: batch 1 on one\), torch.nn at 1 and at \1 thread", r.stdout)
     fresh = next(line for line in r.stdout.splitlines() if line.startswith("| gru | "))
     assert re.fullmatch(r"\| gru \| \d+\.\d \| \d+\.\d \|", fresh)
     row = next(line for line in r.stdout.splitlines() if line.startswith("| music | gru | 46 | 2 |"))

@@ -3,8 +3,9 @@
 Forward + backward over T steps of a unit at the paper's Table 1 sizes, through a Linear output
 layer and a loss (piano rolls: the Bernoulli NLL, ours compiled, torch.nn's
 F.binary_cross_entropy_with_logits; speech: the squared error of 10 predicted samples), after a
-warm-up, in interleaved repeats; medians. Ours runs at torch's thread count (its kernels split a
-batch's rows across that many threads); torch.nn's fused unit of the same family (nn.RNN /
+warm-up, in interleaved repeats; medians. Ours runs at its own default, the command line's: as
+many of torch's threads as the batch can use (kernels.threads_for: one per MIN_ROWS rows, so
+batch 1 on one); torch.nn's fused unit of the same family (nn.RNN /
 nn.GRU / nn.LSTM, the torch variant's equations) runs at that count and at one thread, and the
 ratio is against the faster of the two: torch.nn at its best on this machine. A unit with no
 torch.nn twin (mut1, mgu, cifg, minGRU, minLSTM) is timed against its own reference loop, which
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cells import PAPER_UNITS, UNITS
+from .kernels.scan import MIN_ROWS
 from .model import SequenceModel, default_hidden, resolve
 from .config import ModelConfig
 
@@ -108,9 +110,13 @@ def time_interleaved(runs, repeats, threads):
 
 
 def time_units(cell, task, H, T, B, repeats, threads, reference=False):
+    from .kernels import threads_for
     x, y = inputs(task, T, B)
     runs = {k: ((lambda m=m: m.step(x, y)), n)
             for k, (m, n) in contenders(cell, task, H, reference).items()}
+    ours = threads_for(B)                        # what the command line trains on
+    runs = {k: (fn, ours if k in ("fast", "reference") and n is None else n)
+            for k, (fn, n) in runs.items()}
     return time_interleaved(runs, repeats, threads)
 
 
@@ -204,8 +210,9 @@ def run(tasks=TASKS, cells=PAPER_UNITS, batches=(1, 32), T=200, repeats=7,
     info = kernels.info()
     log(f"gatedrnn bench, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC: "
         f"torch {torch.__version__}, numba {info['numba']} (kernels' BLAS: {info['blas']}); "
-        f"{os.cpu_count()} CPUs; ours at torch's {threads} thread(s), torch.nn at 1 and at "
-        f"{threads} thread(s)\n")
+        f"{os.cpu_count()} CPUs; ours at torch's {threads} thread(s) where the batch can use "
+        f"them (one per {MIN_ROWS} rows: batch 1 on one), torch.nn at 1 and at {threads} "
+        "thread(s)\n")
     rows = []
     if first_use:
         log("first use: a new process's first forward + backward (imports included), kernel "

@@ -123,13 +123,23 @@ def exit_status(metrics):
     return 128 + signal.Signals[reason].value if reason.startswith("SIG") else 0
 
 
+def training_threads(config):
+    """The command line trains on as many of torch's threads as its batches can use: the kernels
+    share a batch's rows between threads, and torch's own small products gain nothing from more
+    (at batch 1, the paper's protocol, a second thread only waits, most of all on a busy
+    machine). The library itself takes torch's count as it is."""
+    from . import kernels
+    return kernels.threads(kernels.threads_for(config.batch_size))
+
+
 def cmd_train(args):
     from .train import train
     config = config_from_args(args)
     progress = Progress(config.epochs)
     try:
-        metrics = train(config, args.run_dir, log=progress.log, progress=progress.update,
-                        resume=args.resume)
+        with training_threads(config):
+            metrics = train(config, args.run_dir, log=progress.log, progress=progress.update,
+                            resume=args.resume)
     finally:
         progress.close()
     print(json.dumps(metrics, indent=2))
@@ -146,8 +156,10 @@ def cmd_compare(args):
     out = Path(args.out or "runs/compare")
     progress = Progress(config.epochs)
     try:
-        results = compare(config, out, cells=args.cells, datasets=datasets, seeds=args.seeds,
-                          log=progress.log, progress=progress.update, resume=args.resume)
+        with training_threads(config):
+            results = compare(config, out, cells=args.cells, datasets=datasets,
+                              seeds=args.seeds, log=progress.log, progress=progress.update,
+                              resume=args.resume)
     finally:
         progress.close()
     stopped = [exit_status(m) for by_cell in results.values() for runs in by_cell.values()

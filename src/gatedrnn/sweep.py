@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import kernels
 from .errors import UserError, describe
 from .cells import PAPER_UNITS
 from .rundir import run_path
@@ -545,8 +546,9 @@ def _run_trial(storage, study, trial_id, group, phase, settings, out, data_dir, 
     try:
         if key not in cache:
             cache[key] = load_config_data(config)
-        metrics = train(config, run_dir, cache[key], log=lambda line: None,
-                        progress=lambda *_: _hold(hold, "training"))
+        with kernels.threads(kernels.threads_for(config.batch_size)):   # as cli.training_threads
+            metrics = train(config, run_dir, cache[key], log=lambda line: None,
+                            progress=lambda *_: _hold(hold, "training"))
         _hold(hold, "trained")
     except NonFiniteLoss as e:
         if _report(storage, trial_id, {"diverged": str(e)}, None, log, name):

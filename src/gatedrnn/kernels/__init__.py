@@ -31,7 +31,7 @@ from .gru import GRUPaper, GRUTorch
 from .lstm import LSTM
 from .mgu import MGU
 from .mut1 import MUT1
-from .scan import Rows, scan
+from .scan import Rows, scan, threads_for
 from .tanh import Tanh
 
 BACKENDS = ("fast", "reference")
@@ -39,6 +39,7 @@ DTYPES = (torch.float32, torch.float64)
 
 __all__ = ["BACKENDS", "CIFG", "DTYPES", "BinaryInput", "GRUPaper", "GRUTorch", "LSTM", "MGU",
            "MUT1", "Rows", "Tanh", "dense_project", "info", "load", "project", "scan", "threads",
+           "threads_for",
            "unsupported", "warn_once"]
 
 _warned = set()

@@ -30,11 +30,16 @@ MIN_ROWS = 4        # rows per thread at least: fewer cost more in synchronisati
 
 # -- the batch's rows, split across threads -----------------------------------------------------
 
-class Rows:
-    """A batch's B rows as contiguous ranges, one per thread."""
+def threads_for(B):
+    """The threads a batch of B rows can use: torch's count, at most one per MIN_ROWS rows."""
+    return max(1, min(torch.get_num_threads(), B // MIN_ROWS))
 
-    def __init__(self, B, threads=None):
-        k = max(1, min(threads or torch.get_num_threads(), B // MIN_ROWS))
+
+class Rows:
+    """A batch's B rows as contiguous ranges, one per thread (threads_for)."""
+
+    def __init__(self, B):
+        k = threads_for(B)
         bounds = [B * i // k for i in range(k + 1)]
         self.ranges = list(zip(bounds[:-1], bounds[1:]))
 
