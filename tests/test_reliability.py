@@ -345,3 +345,21 @@ def test_huge_learning_rate_ends_with_one_line_and_status_1(tiny_jsb, tmp_path, 
     assert len(lines) == 1 and lines[0].startswith("gatedrnn: error: ") and " at epoch 1, update " in lines[0]
     assert "no epoch completed, so no model was saved" in lines[0]
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "model.safetensors").exists()
+
+
+def test_compare_goes_on_past_a_unit_that_diverges(tiny_jsb, tmp_path, monkeypatch):
+    """One unit's non-finite loss ends its run, not the comparison: the next unit trains."""
+    from gatedrnn import train as train_module
+    from gatedrnn.train import compare
+    real = train_module.train
+
+    def diverging(config, *args, **kwargs):
+        if config.model.cell == "tanh":
+            raise NonFiniteLoss("gradient norm is inf at epoch 1, update 3")
+        return real(config, *args, **kwargs)
+    monkeypatch.setattr(train_module, "train", diverging)
+    lines = []
+    results = compare(config(tiny_jsb, epochs=1), tmp_path, cells=("tanh", "gru"),
+                      log=lines.append)["jsb"]
+    assert results["tanh"] == [] and len(results["gru"]) == 1
+    assert any("jsb / tanh / seed 3 diverged: gradient norm is inf" in line for line in lines)

@@ -535,8 +535,9 @@ def compare(base: TrainConfig, out, cells=PAPER_UNITS, datasets=None, seeds=1, l
     or all sized to base.model.params), with seeds base.seed .. base.seed + seeds - 1. Run
     directories are laid out as the sweep's seeds phase (rundir.run_path: OUT/runs/DATASET/
     CELL/VARIANT/seeds/trial-K for the K-th seed), so `gatedrnn report OUT` reads them. Returns
-    {dataset: {cell: [metrics per seed]}}; with ``resume``, runs already in their directory
-    continue, the others start."""
+    {dataset: {cell: [metrics per seed]}} (a run that diverged is left out, its directory kept:
+    the table counts it with its best model, if it finished an epoch); with ``resume``, runs
+    already in their directory continue, the others start."""
     datasets = datasets or [base.dataset]
     configs = {(d, c): replace(base, dataset=d, model=replace(base.model, cell=c))   # checked now
                for d in datasets for c in cells}
@@ -550,9 +551,13 @@ def compare(base: TrainConfig, out, cells=PAPER_UNITS, datasets=None, seeds=1, l
             results[dataset][cell] = []
             for k in range(seeds):
                 run_dir = rundir.run_path(out, dataset, cell, unit.model.variant, "seeds", k)
-                metrics = train(replace(unit, seed=base.seed + k), run_dir, data, log=log,
-                                progress=progress,
-                                resume=resume and bool(rundir.holds_run(run_dir)))
+                try:
+                    metrics = train(replace(unit, seed=base.seed + k), run_dir, data, log=log,
+                                    progress=progress,
+                                    resume=resume and bool(rundir.holds_run(run_dir)))
+                except NonFiniteLoss as e:       # the others still run; its best model is kept
+                    log(f"{dataset} / {cell} / seed {base.seed + k} diverged: {e}")
+                    continue
                 results[dataset][cell].append(metrics)
                 if "stopped" in metrics:
                     return results
