@@ -594,3 +594,19 @@ def test_bernoulli_head_follows_the_models_backend(monkeypatch):
         results.append([nll, *torch.autograd.grad(nll.sum(), list(model.parameters()))])
     assert calls == [1]
     assert_same(*results, torch.float32)
+
+
+def test_the_kernels_blas_runs_on_one_thread_and_the_callers_setting_is_restored():
+    """Inside a kernel call MKL's per-thread setting is 1 (a step's products are too small to
+    share); the caller's setting comes back after. (torch sets it again for its own products.)"""
+    from gatedrnn.kernels import jit
+    kernels.load()
+    if jit._mkl_local is None:
+        pytest.skip("torch's BLAS here is not MKL")
+    before = jit._mkl_local(3)                           # the caller's setting: 3
+    try:
+        with jit.one_blas_thread():
+            inside = jit._mkl_local(1)                   # what the kernels ran with
+        assert inside == 1 and jit._mkl_local(3) == 3    # then the caller's 3 again
+    finally:
+        jit._mkl_local(before)
