@@ -374,3 +374,13 @@ def test_load_text_errors(tmp_path):
     assert [sum(map(len, v)) for v in load_text(tmp_path / "ok.txt")[0].values()] == [18, 1, 1]
     user_error(load_text, tmp_path / "ok.txt", chunk_length=0, match="chunk_length")
     user_error(load_text, tmp_path / "nope.txt", match="nope.txt: file not found")
+
+
+@pytest.mark.parametrize("reader", ["midi", "wav", "text"])
+def test_every_user_file_reader_names_a_missing_file_or_a_directory(tmp_path, reader):
+    from gatedrnn.data.speech import read_wav
+    read = {"midi": read_midi, "wav": read_wav, "text": load_text}[reader]
+    user_error(read, tmp_path / f"missing.{reader}", match=f"missing.{reader}: file not found")
+    folder = tmp_path / f"folder.{reader}"
+    folder.mkdir()
+    user_error(read, folder, match=f"folder.{reader}: cannot read (IsADirectoryError")

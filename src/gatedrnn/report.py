@@ -187,6 +187,10 @@ def aggregate(records):
     return rows
 
 
+def _stopping(patience):
+    return "no early stopping" if patience is None else f"early stopping patience {patience}"
+
+
 def table2_markdown(rows, settings=None, title=None):
     """Ours (mean ± std over seeds) beside the paper's Table 2, with the settings that made it."""
     settings = settings or {}
@@ -199,7 +203,7 @@ def table2_markdown(rows, settings=None, title=None):
                  f"seeds {', '.join(map(str, r0['seed_list']))}; mean ± sample std over them")
         lines += [f"Protocol: every unit at learning rate {r0['lr']:.2e} (no search), "
                   f"{seeds}. Batch {r0['batch_size']}, at most "
-                  f"{r0['max_epochs']} epochs, early stopping patience {r0['patience']}, weight "
+                  f"{r0['max_epochs']} epochs, {_stopping(r0['patience'])}, weight "
                   f"noise {r0['weight_noise']}, objective {r0['objective']}. `test per "
                   "sequence` averages within each sequence, then over sequences. `epochs` and "
                   "`seconds` are per run, averaged over seeds.", ""]
@@ -212,8 +216,8 @@ def table2_markdown(rows, settings=None, title=None):
                   f"{', '.join(f'{lr:.2e}' for lr in lrs)}), one run each; the best by "
                   f"validation NLL trained again with {r0['seeds']} seeds (seeds "
                   f"{', '.join(map(str, r0['seed_list']))}); mean ± sample std over those seeds. "
-                  f"Batch {r0['batch_size']}, at most {r0['max_epochs']} epochs, early stopping "
-                  f"patience {r0['patience']}, weight noise {r0['weight_noise']}, objective "
+                  f"Batch {r0['batch_size']}, at most {r0['max_epochs']} epochs, "
+                  f"{_stopping(r0['patience'])}, weight noise {r0['weight_noise']}, objective "
                   f"{r0['objective']}. `test` averages the NLL over all time steps "
                   "of the split (each step counts once); `test per sequence` first averages "
                   "within each sequence, then over sequences (long sequences count less). "

@@ -30,7 +30,7 @@ from pathlib import Path
 import mido
 import numpy as np
 
-from ..errors import UserError, describe
+from ..errors import UserError, describe, read_user_file
 from ..rundir import write_bytes
 from .music import KEYS, LOWEST_NOTE, SPLITS
 
@@ -51,12 +51,7 @@ def _check_steps_per_quarter(steps_per_quarter) -> int:
 
 def _read_file(path) -> mido.MidiFile:
     path = Path(path)
-    try:
-        data = path.read_bytes()        # parsed from memory: no read past the bytes really there
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({describe(e)})") from None
+    data = read_user_file(path)
     try:
         midi = mido.MidiFile(file=io.BytesIO(data))
     except Exception as e:  # mido raises OSError, EOFError, ValueError, KeyError, ... on bad bytes

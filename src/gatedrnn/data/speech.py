@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError, describe
+from ..errors import UserError, describe, read_user_file
 
 FRAME = 20                  # samples read per step
 PREDICT = 10                # samples predicted per step
@@ -57,12 +57,7 @@ MIN_RATE, MAX_RATE = 1000, 384_000   # sample rates we read and resample between
 def read_wav(path, sample_rate=FSDD_RATE):
     """A mono integer-PCM WAV file as float32 in [-1, 1), resampled to ``sample_rate`` if needed."""
     path = Path(path)
-    try:
-        data = path.read_bytes()        # parsed from memory: no read past the bytes really there
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({describe(e)})") from None
+    data = read_user_file(path)
     try:
         with wave.open(io.BytesIO(data), "rb") as w:
             channels, width, rate, n = (w.getnchannels(), w.getsampwidth(), w.getframerate(),

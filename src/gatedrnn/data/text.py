@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError, describe
+from ..errors import UserError, read_user_file
 from .music import SPLITS
 
 UNK = "\ufffd"                  # token 0
@@ -32,12 +32,7 @@ def load_text(path, chunk_length=DEFAULT_CHUNK_LENGTH, vocab=None):
             or chunk_length < 1:
         raise UserError(f"chunk_length is {chunk_length!r}, expected a positive integer")
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({describe(e)})") from None
+    data = read_user_file(path)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
