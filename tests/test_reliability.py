@@ -363,3 +363,16 @@ def test_compare_goes_on_past_a_unit_that_diverges(tiny_jsb, tmp_path, monkeypat
                       log=lines.append)["jsb"]
     assert results["tanh"] == [] and len(results["gru"]) == 1
     assert any("jsb / tanh / seed 3 diverged: gradient norm is inf" in line for line in lines)
+
+
+def test_files_written_through_a_temporary_file_get_the_usual_mode(tmp_path):
+    """mkstemp makes 0600 files: a run's files would be unreadable to the user's group."""
+    from gatedrnn import rundir
+    old = os.umask(0o022)
+    try:
+        rundir.write_text(tmp_path / "a.json", "{}")
+        rundir.write_bytes(tmp_path / "b.bin", b"x")
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"a.json": 0o644,
+                                                                               "b.bin": 0o644}

@@ -28,8 +28,16 @@ CHECKPOINT, LOCK = "checkpoint.safetensors", "run.lock"
 RUN_FILES = (CONFIG, METRICS, CURVES, MODEL, CHECKPOINT)
 
 
+def new_file_mode():
+    """The mode open() gives a new file (0o666 less the umask); mkstemp's is 0o600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path, write):
-    """Call write(file_path) on a temporary file beside ``path``, then rename it into place."""
+    """Call write(file_path) on a temporary file beside ``path``, then rename it into place
+    (with the mode a file written directly would have)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -37,6 +45,7 @@ def atomic_write(path, write):
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

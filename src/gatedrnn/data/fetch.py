@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import UserError
+from ..rundir import new_file_mode
 from .sources import music_spec
 
 # Two public copies of the same Gan et al. (2015) .mat files, pinned to commits.
@@ -68,7 +69,7 @@ def _download(url: str, dest: Path, sha256=None, progress=None) -> str:
         if sha256 is not None and h.hexdigest() != sha256:
             raise UserError(f"sha256 mismatch for {url}: expected {sha256}, got {h.hexdigest()}; "
                             "the download was discarded")
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
+        os.chmod(tmp, new_file_mode())  # mkstemp makes it 0600
         os.replace(tmp, dest)
         return h.hexdigest()
     finally:
