@@ -610,3 +610,30 @@ def test_the_kernels_blas_runs_on_one_thread_and_the_callers_setting_is_restored
         assert inside == 1 and jit._mkl_local(3) == 3    # then the caller's 3 again
     finally:
         jit._mkl_local(before)
+
+
+def test_a_slow_first_call_says_once_that_it_is_compiling(monkeypatch):
+    import io
+    import threading
+    from gatedrnn.kernels import jit
+    said, printed = io.StringIO(), threading.Event()
+
+    class Stderr:
+        def write(self, text):
+            said.write(text)
+            printed.set()
+
+        def flush(self):
+            pass
+    monkeypatch.setattr(jit, "NOTICE_AFTER", 0.01)
+    monkeypatch.setattr(jit, "_noticed", set())
+    monkeypatch.setattr("sys.stderr", Stderr())
+    with jit.first_use("Test", "float32", "forward"):
+        assert printed.wait(60)          # the call "compiles" until the notice is out
+    assert said.getvalue().startswith("gatedrnn: compiling the Test float32 forward kernel")
+    assert said.getvalue().count("\n") == 1
+    timers = []
+    monkeypatch.setattr(jit.threading, "Timer", lambda *a: timers.append(a))
+    with jit.first_use("Test", "float32", "forward"):   # a later call: no timer, no notice
+        pass
+    assert timers == []

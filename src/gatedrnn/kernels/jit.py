@@ -140,20 +140,22 @@ def cache_dir():
 _CACHE_DIR = None
 FIRST_USE_SECONDS = "a few seconds"  # one unit and dtype's forward, or backward: 2-6 s here
 _noticed = set()
+NOTICE_AFTER = 3.0     # seconds a first call runs before first_use says it is compiling
 
 
 @contextmanager
-def first_use(what):
-    """Around a kernel's call: if it is the first of ``what`` in this process and it is still
-    running after 3 seconds (numba compiling, not loading from its cache: that takes about a
-    second on a busy machine), say so in one line."""
-    if what in _noticed:
+def first_use(*what):
+    """Around a kernel's call: if it is the first of ``what`` (its words, e.g. "GRU", dtype,
+    "forward") in this process and it is still running after 3 seconds (numba compiling, not
+    loading from its cache: that takes about a second on a busy machine), say so in one line."""
+    if what in _noticed:                  # every call after the first: one set lookup
         yield
         return
     _noticed.add(what)
-    timer = threading.Timer(3.0, lambda: print(
-        f"gatedrnn: compiling the {what} kernel for this machine ({FIRST_USE_SECONDS}, once; "
-        f"cached in {_CACHE_DIR or cache_dir()})", file=sys.stderr, flush=True))
+    timer = threading.Timer(NOTICE_AFTER, lambda: print(
+        f"gatedrnn: compiling the {' '.join(map(str, what))} kernel for this machine "
+        f"({FIRST_USE_SECONDS}, once; cached in {_CACHE_DIR or cache_dir()})", file=sys.stderr,
+        flush=True))
     timer.daemon = True
     timer.start()
     try:

@@ -145,7 +145,7 @@ class _Scan(torch.autograd.Function):
         state = [_numpy(s) for s in tensors[n + k:]]
         dtype = w["weight_hh"].dtype
         inp = inp_tuple(call.binary, [_numpy(t) for t in tensors[:n]], dtype)
-        with first_use(f"{call.kernel.__name__} {dtype} forward"):
+        with first_use(call.kernel.__name__, dtype, "forward"):
             outputs, call.saved = call.kernel.forward(inp, w, state, call.mask, call.time_major,
                                                       call.rows)
         call.shapes = [o.shape for o in outputs]
@@ -163,7 +163,7 @@ class _Scan(torch.autograd.Function):
         dtype = call.saved[0].dtype
         grads = [np.zeros(shape, dtype) if g is None else _numpy(g)
                  for g, shape in zip(grads, call.shapes)]
-        with first_use(f"{call.kernel.__name__} {dtype} backward"):
+        with first_use(call.kernel.__name__, dtype, "backward"):
             result = call.kernel.backward(call.saved, grads, call.mask, call.time_major,
                                           call.binary, call.rows)
         return (None, *(torch.from_numpy(r) if need else None
