@@ -221,3 +221,15 @@ def test_nll_in_chunks_of_steps_equals_all_at_once(monkeypatch):
         results.append([nll, *torch.autograd.grad(nll.sum(), [h, *head.parameters()])])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_params_prints_the_heads_of_whole_models(capsys):
+    """`gatedrnn params` gives each music unit's head size: that of a built model's head."""
+    from gatedrnn.cli import main
+    assert main(["params", "--nade-hidden", "20"]) == 0
+    out = capsys.readouterr().out
+    for head in ("bernoulli", "nade"):
+        config = ModelConfig(cell="gru", hidden_size=46, input_size=88, output_size=88, head=head,
+                             nade_hidden=20)
+        count = sum(p.numel() for p in SequenceModel(config).head.parameters())
+        assert f"{count:,}" in out.split("| gru | 46 |")[-1].splitlines()[0]

@@ -182,7 +182,7 @@ def cmd_eval(args):
 
 
 def cmd_params(args):
-    from .report import table1_markdown, units_markdown
+    from .report import heads_markdown, table1_markdown, units_markdown
     print("Table 1: parameters (recurrent layer: one bias per gate block, LSTM with three diagonal "
           "peephole vectors; whole model adds the 88-way output layer)\n")
     print(table1_markdown())
@@ -191,6 +191,9 @@ def cmd_params(args):
     print(f"\nEvery registered unit, {sized}; recurrent layer at 88 (music) and 20 (speech) "
           "inputs:\n")
     print(units_markdown(args.params))
+    print("\nThe music output heads' parameters at Table 1's sizes (--head; the whole model is the "
+          "recurrent layer plus its head):\n")
+    print(heads_markdown(args.nade_hidden))
 
 
 def cmd_data_fetch(args):
@@ -440,6 +443,7 @@ def build_parser():
     p = sub.add_parser("params", help="print Table 1 with our parameter counts, and every "
                        "registered unit's size at the budget")
     p.add_argument("--params", type=int, help="size every unit to this many recurrent parameters")
+    p.add_argument("--nade-hidden", type=int, help="the nade head's hidden units (default 150)")
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("bench", help="time our units against torch.nn's at its best thread "

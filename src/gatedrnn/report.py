@@ -40,6 +40,19 @@ def units_markdown(params=None):
                            "what it is"], rows)
 
 
+def heads_markdown(nade_hidden=None):
+    """The music output heads' parameter counts at each paper unit's Table 1 size (``gatedrnn
+    params``): the paper's Bernoulli layer and the RNN-NADE head with ``nade_hidden`` units."""
+    from .heads import BernoulliHead, NADEHead
+    from .model import TABLE1_UNITS
+    nade_hidden = NADEHead.DEFAULT_NADE_HIDDEN if nade_hidden is None else nade_hidden
+    count = lambda head: sum(p.numel() for p in head.parameters())    # noqa: E731
+    rows = [[cell, units, f"{count(BernoulliHead(units, 88)):,}",
+             f"{count(NADEHead(units, 88, nade_hidden)):,}"]
+            for cell, units in TABLE1_UNITS["music"].items()]
+    return markdown_table(["unit", "units", "bernoulli", f"nade ({nade_hidden} hidden)"], rows)
+
+
 def _fmt(x):
     return "-" if x is None else f"{x:.2f}"
 
