@@ -94,6 +94,17 @@ def test_aggregate_best_lr_then_seeds_once_each():
     assert row["best_run"] == "/r/seeds/1" and (row["paper_train_nll"], row["paper_test_nll"]) == (6.94, 8.54)
 
 
+def test_a_nade_table_is_set_beside_rnn_nade_and_the_papers_best_unit():
+    recs = [record("gru", "seeds", 3e-3, seed, seed, 6.0, test) for seed, test in ((1, 6.1), (2, 6.3))]
+    for r in recs:
+        r["config"]["model"]["head"] = "nade"
+        r["metrics"]["head_params"] = 37_586
+    text = table2_markdown(aggregate(recs))
+    assert "| jsb | gru, nade 37,586 | 6.20 ± 0.14 | 5.56 | 6.27 | 8.58 | 8.54 |" in text
+    recs[0]["config"]["model"]["head"] = recs[1]["config"]["model"]["head"] = "bernoulli"
+    assert "RNN-NADE" not in table2_markdown(aggregate(recs))     # only beside NADE heads
+
+
 def test_journal_heartbeat_fails_a_stale_trial_and_retries_its_slot(tmp_path):
     import optuna
     storage = sweep.open_storage(f"journal:{tmp_path / 'j.log'}", 1, 2)

@@ -14,6 +14,13 @@ PAPER_TABLE2 = {
     "fsdd-long": {"tanh": (7.61, 7.62), "gru": (0.38, 0.88), "lstm": (0.80, 1.26)},
 }
 PAPER_DATASET = {"fsdd": "Ubisoft A", "fsdd-long": "Ubisoft B"}
+# Boulanger-Lewandowski, Bengio and Vincent (2012), test NLL in nats per step: the best exact
+# likelihoods on the music sets (RNN-RBM's is an AIS estimate). Beside runs with a NADE head.
+PUBLISHED_MUSIC = {
+    "RNN-NADE (HF)": {"jsb": 5.56, "nottingham": 2.31, "musedata": 5.60, "pianomidi": 7.05},
+    "RNN-RBM": {"jsb": 6.27, "nottingham": 2.39, "musedata": 6.01, "pianomidi": 7.09},
+    "RNN (HF)": {"jsb": 8.58, "nottingham": 3.89, "musedata": 7.19, "pianomidi": 7.66},
+}
 
 
 def markdown_table(header, rows):
@@ -274,6 +281,15 @@ def table2_markdown(rows, settings=None, title=None):
             [r["dataset"], r["cell"], r["variant"],
              ", ".join(f"{lr:.2e}: " + ("diverged" if v is None else f"{v:.2f}")
                        for lr, v in r["lr_candidates"])] for r in rows]))
+    nade = [r for r in done if r.get("head") == "nade" and r["dataset"] in PUBLISHED_MUSIC["RNN-NADE (HF)"]]
+    if nade:
+        lines += ["", "Against published test NLLs: Boulanger-Lewandowski et al. (2012; RNN-RBM's "
+                  "is an estimate) and the paper's best unit:", ""]
+        lines.append(markdown_table(
+            ["dataset", "ours (unit, head parameters)", "test", *PUBLISHED_MUSIC, "paper's best unit"],
+            [[r["dataset"], f"{r['cell']}, nade {r['head_params']:,}", plus_minus(r, "test_nll"),
+              *(f"{by[r['dataset']]:.2f}" for by in PUBLISHED_MUSIC.values()),
+              f"{min(t for _, t in PAPER_TABLE2[r['dataset']].values()):.2f}"] for r in nade]))
     speech = [d for d in dict.fromkeys(r["dataset"] for r in done) if d in PAPER_DATASET]
     if speech:
         lines += ["", "Paper columns for " + ", ".join(f"{d} are {PAPER_DATASET[d]}" for d in speech)
