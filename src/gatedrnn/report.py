@@ -300,8 +300,9 @@ def table2_markdown(rows, settings=None, title=None):
 
 
 def plot_curves(rows, path, dataset):
-    """Figure 2/3 style: train and validation NLL (log y) against epochs (top) and wall-clock
-    seconds (bottom), for the best-validation seed run of each unit on ``dataset``."""
+    """Figure 2/3 style: train and validation NLL against epochs (top) and wall-clock seconds
+    (bottom), for the best-validation seed run of each unit on ``dataset``; the NLL axis is
+    logarithmic where every value is positive (music), linear otherwise (speech densities)."""
     import csv
     from pathlib import Path
     import matplotlib
@@ -311,7 +312,7 @@ def plot_curves(rows, path, dataset):
     from . import rundir
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharey="col", squeeze=False)
     colors = {"tanh": "tab:blue", "gru": "tab:orange", "lstm": "tab:green"}
-    plotted = 0
+    plotted, positive = 0, True
     for r in rows:
         if r["dataset"] != dataset or not r["best_run"]:
             continue
@@ -324,15 +325,17 @@ def plot_curves(rows, path, dataset):
         for row_i, x_key in enumerate(("epoch", "seconds")):
             x = [float(c[x_key]) for c in curve]
             for col, split in enumerate(("train", "valid")):
-                axes[row_i][col].plot(x, [float(c[f"{split}_nll"]) for c in curve], label=label,
-                                      color=colors.get(r["cell"]))
+                y = [float(c[f"{split}_nll"]) for c in curve]
+                positive = positive and min(y) > 0
+                axes[row_i][col].plot(x, y, label=label, color=colors.get(r["cell"]))
         plotted += 1
     for row_i, xlabel in enumerate(("epochs", "wall-clock seconds")):
         for col, split in enumerate(("train", "valid")):
             ax = axes[row_i][col]
-            ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+            if positive:
+                ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+                ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
             ax.set_xlabel(xlabel)
             ax.set_ylabel(f"{split} NLL (nats per step)")
             ax.grid(True, which="both", alpha=0.3)
@@ -358,7 +361,14 @@ def write_results(out, records, settings=None, name="table2", title=None):
     if settings:
         rundir.write_json(out / "sweep.json", settings)
     rows = aggregate(records)
+
+    def here(path):           # a run directory under OUT as a path relative to it, so that the
+        try:                  # JSON reads the same from any clone
+            return Path(path).resolve().relative_to(out.resolve()).as_posix()
+        except ValueError:
+            return str(path)
     json_rows = [{k: r[k] for k in RESULT_FIELDS} | {k: v for k, v in r.items() if k not in RESULT_FIELDS}
+                 | {"run_dirs": [here(d) for d in r["run_dirs"]], "best_run": here(r["best_run"])}
                  for r in rows if r["seeds"]]
     paths = [out / f"{name}.md", out / f"{name}.json"]
     rundir.write_text(paths[0], table2_markdown(rows, settings, title))
