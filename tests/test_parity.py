@@ -607,6 +607,19 @@ def test_torch_nn_argument_order():
     assert (gru.num_layers, gru.dropout) == (2, 0.2)
 
 
+def test_hx_keyword_and_flatten_parameters_as_torch_nn():
+    """Code written for torch.nn passes the state as ``hx=`` and calls flatten_parameters()."""
+    torch.manual_seed(0)
+    ref = nn.LSTM(3, 4, 2)
+    ours = gatedrnn.LSTM.from_torch(ref)
+    ours.flatten_parameters()
+    ref.flatten_parameters()
+    x, hx = torch.randn(5, 2, 3), (torch.randn(2, 2, 4), torch.randn(2, 2, 4))
+    (out, (h, c)), (out_ref, (h_ref, c_ref)) = ours(x, hx=hx), ref(x, hx=hx)
+    for a, b in ((out, out_ref), (h, h_ref), (c, c_ref)):
+        torch.testing.assert_close(a, b)
+
+
 # -- 7. a word_language_model client (pytorch/examples) ------------------------------------------
 
 class RNNModel(nn.Module):

@@ -96,8 +96,8 @@ class RecurrentUnit(nn.Module):
     tuple of (B, H), w the layer's weights by name; returns the new state tuple) and, optionally,
     ``parallel_scan(xw, state, w, mask)`` (all steps at once, for the fast backend).
 
-    ``forward(input, state=None, *, lengths=None, mask=None) -> (output, final_state)`` like
-    torch.nn: input (T, B, I), (B, T, I) with ``batch_first``, (T, I) unbatched, or a
+    ``forward(input, hx=None, *, lengths=None, mask=None) -> (output, final_state)`` like
+    torch.nn (``hx``: the initial state): input (T, B, I), (B, T, I) with ``batch_first``, (T, I) unbatched, or a
     PackedSequence (returned packed). A state is (L*D, B, H) (L layers, D directions; (h, c) for
     two-state units); (B, H) is accepted for one layer and direction. For padded batches give
     ``lengths`` (B,) or a boolean ``mask`` shaped like the input's first two dims: at a padded
@@ -273,13 +273,17 @@ class RecurrentUnit(nn.Module):
 
     # -- torch.nn-shaped forward -----------------------------------------------------------------
 
-    def forward(self, input, state=None, *, lengths=None, mask=None):
+    def forward(self, input, hx=None, *, lengths=None, mask=None):
         if isinstance(input, PackedSequence):
             if lengths is not None or mask is not None:
                 raise UserError(f"{type(self).__name__}: a PackedSequence carries its lengths; "
                                 "give no lengths or mask")
-            return self._forward_packed(input, state)
-        return self._forward(input, state, lengths, mask)
+            return self._forward_packed(input, hx)
+        return self._forward(input, hx, lengths, mask)
+
+    def flatten_parameters(self):
+        """Nothing to do: torch.nn's cuDNN weight compaction, kept so that code calling it
+        runs unchanged (our weights are used where they are)."""
 
     def _forward(self, input, state, lengths, mask, packing=None):
         """forward on a padded or unbatched input. ``packing``: for a PackedSequence input, its
