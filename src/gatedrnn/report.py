@@ -310,8 +310,11 @@ def plot_curves(rows, path, dataset):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter
     from . import rundir
+    from .cells import PAPER_UNITS
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharey="col", squeeze=False)
-    colors = {"tanh": "tab:blue", "gru": "tab:orange", "lstm": "tab:green"}
+    colors = {"tanh": "tab:blue", "gru": "tab:orange", "lstm": "tab:green"}     # the paper's
+    others = iter(["tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive",
+                   "tab:cyan", "black"] * 8)       # every other unit: its own colour, dashed
     plotted, positive = 0, True
     for r in rows:
         if r["dataset"] != dataset or not r["best_run"]:
@@ -327,7 +330,10 @@ def plot_curves(rows, path, dataset):
             for col, split in enumerate(("train", "valid")):
                 y = [float(c[f"{split}_nll"]) for c in curve]
                 positive = positive and min(y) > 0
-                axes[row_i][col].plot(x, y, label=label, color=colors.get(r["cell"]))
+                if r["cell"] not in colors:
+                    colors[r["cell"]] = next(others)
+                axes[row_i][col].plot(x, y, label=label, color=colors[r["cell"]],
+                                      linestyle="-" if r["cell"] in PAPER_UNITS else "--")
         plotted += 1
     for row_i, xlabel in enumerate(("epochs", "wall-clock seconds")):
         for col, split in enumerate(("train", "valid")):
