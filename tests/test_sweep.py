@@ -594,3 +594,23 @@ def test_postgres_a_worker_killed_before_reporting_its_run_is_adopted(postgres_u
     assert retry.value == metrics["valid_nll"] and retry.user_attrs["metrics"] == metrics
     assert stamp([done]) == before                                       # not trained again
     assert not sweep.run_path(out, "jsb", "gru", "paper", "lr", retry.number).exists()
+
+
+def test_a_dead_workers_slot_is_retried_before_later_slots(tmp_path, monkeypatch):
+    """A trial whose worker died (stale heartbeat) goes back to its place in the queue: the
+    next worker retries it before it takes the next group's waiting trial."""
+    import optuna
+    from optuna.trial import TrialState
+    storage = sweep.open_storage(f"journal:{tmp_path / 'j.log'}", 1, 2)
+    sweep.create(storage, sweep.SweepConfig(name="q", datasets=["jsb", "nottingham"],
+                                            cells=["gru"], trials=1, seeds=1))
+    jsb = optuna.load_study(study_name="q/jsb/gru/paper/lr", storage=storage)
+    dead = trial_id_of(storage, jsb, 0)
+    assert storage.set_trial_state_values(dead, TrialState.RUNNING)
+    storage.set_trial_system_attr(dead, sweep.HEARTBEAT, time.time() - 10)   # its worker died
+    ran = []
+    monkeypatch.setattr(sweep, "run_trial", lambda storage, study, trial_id, group, *rest:
+                        ran.append(group))
+    assert sweep.work(storage, "q", tmp_path / "out", log=lambda line: None, max_trials=1) == 1
+    assert ran == [("jsb", "gru", "paper")]
+    assert [t.state for t in jsb.get_trials()] == [TrialState.FAIL, TrialState.RUNNING]

@@ -18,9 +18,10 @@ atomic in every Optuna storage, so exactly one worker enqueues the seeds.
 
 Failures. A worker records a heartbeat while it holds a trial: Optuna's on RDBStorage
 (``heartbeat_interval``); on the journal file, which has none in Optuna 5, the trial's HEARTBEAT
-system attr (``HeartbeatJournalStorage``). Idle workers fail trials whose heartbeat is older than
-``grace_period`` (``fail_stale_trials``) and enqueue a copy of each (same slot, Optuna's
-``RetryHeartbeatStaleTrialCallback``) that another worker runs. Results are on disk before they
+system attr (``HeartbeatJournalStorage``). Before taking a trial, a worker fails those whose
+heartbeat is older than ``grace_period`` (``fail_stale_trials``) and enqueues a copy of each
+(same slot, Optuna's ``RetryHeartbeatStaleTrialCallback``), so a dead worker's slot is retried
+in its place in the queue, not after every other slot. Results are on disk before they
 are in the storage, so a retry first looks at its slot's earlier attempts: a finished run there
 (the worker died after writing metrics.json, before reporting it) is adopted, not trained again
 (``finished_attempt``). A killed attempt's run directory stays, without metrics.json or with a
@@ -440,13 +441,10 @@ def work(storage, sweep, out, data_dir=None, log=print, poll=2.0, max_trials=Non
                 log(f"{'/'.join(group)}: lr phase done, seeds enqueued")
         if s.finished:
             break
+        if s.running:            # a dead worker's trial goes back to its place in the queue
+            _fail_stale(storage, sweep, manifest)      # before later slots are taken
         popped = _pop(storage, sweep, manifest)
         if popped is None:
-            for group in map(tuple, manifest.user_attrs["groups"]):
-                for phase in PHASES:
-                    study = _load(storage, study_name(sweep, *group, phase))
-                    if study is not None:
-                        fail_stale_trials(storage, study)
             time.sleep(poll)
             manifest = _load(storage, sweep)
             continue
@@ -455,6 +453,15 @@ def work(storage, sweep, out, data_dir=None, log=print, poll=2.0, max_trials=Non
                   cache, log)
         ran += 1
     return ran
+
+
+def _fail_stale(storage, sweep, manifest):
+    """fail_stale_trials on every study of the sweep."""
+    for group in map(tuple, manifest.user_attrs["groups"]):
+        for phase in PHASES:
+            study = _load(storage, study_name(sweep, *group, phase))
+            if study is not None:
+                fail_stale_trials(storage, study)
 
 
 def _pop(storage, sweep, manifest):
