@@ -105,6 +105,15 @@ def test_a_nade_table_is_set_beside_rnn_nade_and_the_papers_best_unit():
     assert "RNN-NADE" not in table2_markdown(aggregate(recs))     # only beside NADE heads
 
 
+def test_a_table_of_several_units_ends_with_test_nll_by_unit_the_best_in_bold():
+    recs = [record(cell, "seeds", 3e-3, 1, k, 8.0, test)
+            for k, (cell, test) in enumerate([("tanh", 8.704), ("gru", 8.496), ("mgu", 8.5049)])]
+    text = table2_markdown(aggregate(recs))
+    assert text.rstrip().endswith("| dataset | tanh | gru | mgu |\n|---|---|---|---|\n"
+                                  "| jsb | 8.70 | **8.50** | **8.50** |")      # tied at 2 decimals
+    assert "by unit" not in table2_markdown(aggregate(recs[:1]))       # one unit: no such table
+
+
 def test_journal_heartbeat_fails_a_stale_trial_and_retries_its_slot(tmp_path):
     import optuna
     storage = sweep.open_storage(f"journal:{tmp_path / 'j.log'}", 1, 2)

@@ -211,6 +211,26 @@ def _stopping(patience):
     return "no early stopping" if patience is None else f"early stopping patience {patience}"
 
 
+def by_unit_markdown(done):
+    """Test NLL (mean over seeds) with a row per dataset and a column per unit, the best of
+    each row in bold (all of them where they tie at two decimals): lines to add, none for a
+    table of one unit."""
+    units = list(dict.fromkeys((r["cell"], r["variant"]) for r in done))
+    if len(units) < 2:
+        return []
+    names = [cell if variant == "paper" else f"{cell} ({variant})" for cell, variant in units]
+    body = []
+    for dataset in dict.fromkeys(r["dataset"] for r in done):
+        test = {(r["cell"], r["variant"]): round(r["test_nll_mean"], 2) for r in done
+                if r["dataset"] == dataset and r.get("test_nll_mean") is not None}
+        best = min(test.values(), default=None)
+        body.append([dataset, *("-" if u not in test else
+                                f"**{test[u]:.2f}**" if test[u] == best else f"{test[u]:.2f}"
+                                for u in units)])
+    return ["", "Test NLL by unit (mean over seeds; the best of each dataset in bold):", "",
+            markdown_table(["dataset", *names], body)]
+
+
 def table2_markdown(rows, settings=None, title=None):
     """Ours (mean ± std over seeds) beside the paper's Table 2, with the settings that made it."""
     settings = settings or {}
@@ -267,6 +287,7 @@ def table2_markdown(rows, settings=None, title=None):
             value = r.get(key)
             row.append(f"{value:.3f}" if isinstance(value, float) else plus_minus(r, key))
     lines.append(markdown_table(header, body))
+    lines += by_unit_markdown(done)
     if any(r["diverged_seeds"] for r in done):
         lines += ["", "A diverged seed (its loss or gradient went non-finite) counts with the "
                   "best-validation model it had before, as the protocol keeps that model."]
