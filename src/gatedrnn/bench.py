@@ -112,11 +112,9 @@ def time_interleaved(runs, repeats, threads):
 def time_units(cell, task, H, T, B, repeats, threads, reference=False):
     from .kernels import threads_for
     x, y = inputs(task, T, B)
-    runs = {k: ((lambda m=m: m.step(x, y)), n)
-            for k, (m, n) in contenders(cell, task, H, reference).items()}
     ours = threads_for(B)                        # what the command line trains on
-    runs = {k: (fn, ours if k in ("fast", "reference") and n is None else n)
-            for k, (fn, n) in runs.items()}
+    runs = {k: ((lambda m=m: m.step(x, y)), ours if k in ("fast", "reference") and n is None else n)
+            for k, (m, n) in contenders(cell, task, H, reference).items()}
     return time_interleaved(runs, repeats, threads)
 
 

@@ -97,12 +97,13 @@ class RecurrentUnit(nn.Module):
     ``parallel_scan(xw, state, w, mask)`` (all steps at once, for the fast backend).
 
     ``forward(input, hx=None, *, lengths=None, mask=None) -> (output, final_state)`` like
-    torch.nn (``hx``: the initial state): input (T, B, I), (B, T, I) with ``batch_first``, (T, I) unbatched, or a
-    PackedSequence (returned packed). A state is (L*D, B, H) (L layers, D directions; (h, c) for
-    two-state units); (B, H) is accepted for one layer and direction. For padded batches give
-    ``lengths`` (B,) or a boolean ``mask`` shaped like the input's first two dims: at a padded
-    step the state is carried and the output is zero, so padding changes no output, gradient or
-    final state. Bidirectional units need lengths (or a mask that is a prefix of each sequence).
+    torch.nn (``hx``: the initial state): input (T, B, I), (B, T, I) with ``batch_first``, (T, I)
+    unbatched, or a PackedSequence (returned packed). A state is (L*D, B, H) (L layers, D
+    directions; (h, c) for two-state units); (B, H) is accepted for one layer and direction. For
+    padded batches give ``lengths`` (B,) or a boolean ``mask`` shaped like the input's first two
+    dims: at a padded step the state is carried and the output is zero, so padding changes no
+    output, gradient or final state. Bidirectional units need lengths (or a mask that is a prefix
+    of each sequence).
     """
 
     input_blocks = 1

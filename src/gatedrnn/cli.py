@@ -123,21 +123,13 @@ def exit_status(metrics):
     return 128 + signal.Signals[reason].value if reason.startswith("SIG") else 0
 
 
-def training_threads(config):
-    """The command line trains on as many of torch's threads as its batches can use: the kernels
-    share a batch's rows between threads, and torch's own small products gain nothing from more
-    (at batch 1, the paper's protocol, a second thread only waits, most of all on a busy
-    machine). The library itself takes torch's count as it is."""
-    from . import kernels
-    return kernels.threads(kernels.threads_for(config.batch_size))
-
-
 def cmd_train(args):
+    from . import kernels
     from .train import train
     config = config_from_args(args)
     progress = Progress(config.epochs)
     try:
-        with training_threads(config):
+        with kernels.training_threads(config.batch_size):
             metrics = train(config, args.run_dir, log=progress.log, progress=progress.update,
                             resume=args.resume)
     finally:
@@ -147,6 +139,7 @@ def cmd_train(args):
 
 
 def cmd_compare(args):
+    from . import kernels
     from .report import records_from_run_dirs, write_results
     from .train import compare
     datasets = [absolute_dataset(d) for d in args.datasets or [args.dataset]]
@@ -156,7 +149,7 @@ def cmd_compare(args):
     out = Path(args.out or "runs/compare")
     progress = Progress(config.epochs)
     try:
-        with training_threads(config):
+        with kernels.training_threads(config.batch_size):
             results = compare(config, out, cells=args.cells, datasets=datasets,
                               seeds=args.seeds, log=progress.log, progress=progress.update,
                               resume=args.resume)

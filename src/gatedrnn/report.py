@@ -325,6 +325,7 @@ def plot_curves(rows, path, dataset):
     (bottom), for the best-validation seed run of each unit on ``dataset``; the NLL axis is
     logarithmic where every value is positive (music), linear otherwise (speech densities)."""
     import csv
+    import itertools
     from pathlib import Path
     import matplotlib
     matplotlib.use("Agg")
@@ -334,8 +335,8 @@ def plot_curves(rows, path, dataset):
     from .cells import PAPER_UNITS
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharey="col", squeeze=False)
     colors = {"tanh": "tab:blue", "gru": "tab:orange", "lstm": "tab:green"}     # the paper's
-    others = iter(["tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive",
-                   "tab:cyan", "black"] * 8)       # every other unit: its own colour, dashed
+    others = itertools.cycle(["tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
+                              "tab:olive", "tab:cyan", "black"])   # every other unit, dashed
     plotted, positive = 0, True
     for r in rows:
         if r["dataset"] != dataset or not r["best_run"]:
@@ -346,15 +347,16 @@ def plot_curves(rows, path, dataset):
         with open(curves_file, newline="") as f:
             curve = list(csv.DictReader(f))
         label = r["cell"] + ("" if r["variant"] == "paper" else f" ({r['variant']})")
+        if r["cell"] not in colors:
+            colors[r["cell"]] = next(others)
+        style = dict(label=label, color=colors[r["cell"]],
+                     linestyle="-" if r["cell"] in PAPER_UNITS else "--")
         for row_i, x_key in enumerate(("epoch", "seconds")):
             x = [float(c[x_key]) for c in curve]
             for col, split in enumerate(("train", "valid")):
                 y = [float(c[f"{split}_nll"]) for c in curve]
                 positive = positive and min(y) > 0
-                if r["cell"] not in colors:
-                    colors[r["cell"]] = next(others)
-                axes[row_i][col].plot(x, y, label=label, color=colors[r["cell"]],
-                                      linestyle="-" if r["cell"] in PAPER_UNITS else "--")
+                axes[row_i][col].plot(x, y, **style)
         plotted += 1
     for row_i, xlabel in enumerate(("epochs", "wall-clock seconds")):
         for col, split in enumerate(("train", "valid")):

@@ -553,7 +553,7 @@ def _run_trial(storage, study, trial_id, group, phase, settings, out, data_dir, 
     try:
         if key not in cache:
             cache[key] = load_config_data(config)
-        with kernels.threads(kernels.threads_for(config.batch_size)):   # as cli.training_threads
+        with kernels.training_threads(config.batch_size):
             metrics = train(config, run_dir, cache[key], log=lambda line: None,
                             progress=lambda *_: _hold(hold, "training"))
         _hold(hold, "trained")

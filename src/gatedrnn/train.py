@@ -529,6 +529,8 @@ def evaluate_run(run_dir, data_dir=None):
 
 # `gatedrnn compare` defaults: a real comparison that finishes in minutes on 2 CPU cores.
 COMPARE_DEFAULTS = {"batch_size": 16, "lr": 3e-3, "epochs": 150, "patience": 20}
+
+
 def compare(base: TrainConfig, out, cells=PAPER_UNITS, datasets=None, seeds=1, log=print,
             progress=None, resume=False):
     """Train each unit on each dataset with the same settings (each unit at its Table 1 size,

@@ -39,7 +39,7 @@ DTYPES = (torch.float32, torch.float64)
 
 __all__ = ["BACKENDS", "CIFG", "DTYPES", "BinaryInput", "GRUPaper", "GRUTorch", "LSTM", "MGU",
            "MUT1", "Rows", "Tanh", "dense_project", "info", "load", "project", "scan", "threads",
-           "threads_for",
+           "threads_for", "training_threads",
            "unsupported", "warn_once"]
 
 _warned = set()
@@ -79,6 +79,15 @@ def threads(n):
         yield
     finally:
         torch.set_num_threads(was)
+
+
+def training_threads(batch_size):
+    """``threads`` for training at ``batch_size``: as many of torch's threads as the batches can
+    use (threads_for). The kernels share a batch's rows between threads, and torch's own small
+    products gain nothing from more (at batch 1, the paper's protocol, a second thread only
+    waits, most of all on a busy machine). The command line and the sweep's workers train under
+    it; the library itself takes torch's count as it is."""
+    return threads(threads_for(batch_size))
 
 
 def unsupported(*tensors, instead="the reference loop"):
